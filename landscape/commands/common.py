@@ -1,0 +1,80 @@
+"""Options and helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from landscape.core.errors import bad_argument
+
+DATASETS = ("mnist1d", "digits", "docstrings")
+
+
+def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "mnist1d") -> None:
+    parser.add_argument("--data", default=default, choices=DATASETS, help="offline dataset (default: %(default)s)")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the dataset draw/split")
+    parser.add_argument("--n-train", type=int, default=None, help="training examples (mnist1d, docstrings)")
+    parser.add_argument("--n-test", type=int, default=None, help="test examples (mnist1d, docstrings)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per forward pass")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_data(args: argparse.Namespace):
+    from landscape import datasets
+
+    sizes = {}
+    if args.n_train is not None:
+        sizes["n_train"] = args.n_train
+    if args.n_test is not None:
+        sizes["n_test"] = args.n_test
+    if args.data == "mnist1d":
+        return datasets.mnist1d(seed=args.data_seed, **sizes)
+    if args.data == "digits":
+        if sizes:
+            raise bad_argument(
+                "landscape", "--n-train/--n-test", expected="no sizes for digits (fixed at 1,797)", found=str(sizes)
+            )
+        return datasets.digits(seed=args.data_seed)
+    return datasets.docstrings(seed=args.data_seed, **sizes)
+
+
+def model_for(spec: str | None, data, states: Sequence = ()) -> torch.nn.Module:
+    """The model from ``--model SPEC``, else from the spec stored in the first checkpoint;
+    input shape and class count default to the data's."""
+    from landscape.models import from_spec, parse_spec
+
+    if spec is None:
+        for state in states:
+            stored = state.provenance.get("metadata", {}).get("model_spec") if state.provenance else None
+            if stored:
+                return from_spec(stored)
+        raise bad_argument(
+            "landscape",
+            "--model",
+            expected="a model spec such as mlp:width=128,depth=2",
+            found="none given, and the checkpoint stores no model spec",
+            fix="Pass --model, or save checkpoints with `landscape train` / landscape.save_state(..., metadata={'model_spec': ...}).",
+        )
+    parsed = parse_spec(spec)
+    if parsed["name"] == "gpt":
+        parsed.setdefault("vocab_size", data.num_classes)
+        parsed.setdefault("context", int(data.input_shape[0]))
+    else:
+        parsed.setdefault("input_shape", list(data.input_shape))
+        parsed.setdefault("num_classes", data.num_classes)
+    return from_spec(parsed)
+
+
+def output_path(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,162 @@
+"""Labelled data in memory: named splits of ``(x, y)`` tensors, and the coercion of what
+users pass (tensors, arrays, dicts, DataLoaders) into that one form."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landscape.core.errors import bad_argument, describe
+
+__all__ = ["Splits", "as_splits", "batches"]
+
+Pair = tuple[Tensor, Tensor]
+
+
+@dataclass
+class Splits(Mapping[str, Pair]):
+    """Named splits (``"train"``, ``"test"``, ...) of inputs and integer labels.
+
+    Parameters
+    ----------
+    splits
+        Ordered mapping from split name to ``(x, y)``; ``x`` has the examples on its first
+        axis, ``y`` holds class indices (or, for sequence models, one index per position).
+    name
+        A short name used in results and plots (``"mnist1d"``).
+    num_classes
+        Number of classes (vocabulary size for character data).
+    meta
+        Anything else worth recording (seed, sizes, vocabulary).
+
+    Examples
+    --------
+    >>> import torch
+    >>> data = Splits({"train": (torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))}, name="toy")
+    >>> data.train[0].shape, data.input_shape
+    (torch.Size([4, 3]), (3,))
+    """
+
+    splits: dict[str, Pair]
+    name: str = "data"
+    num_classes: int | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Pair:
+        if key not in self.splits:
+            raise KeyError(f"split {key!r} not in {list(self.splits)}")
+        return self.splits[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.splits)
+
+    def __len__(self) -> int:
+        return len(self.splits)
+
+    @property
+    def train(self) -> Pair:
+        return self["train"]
+
+    @property
+    def test(self) -> Pair:
+        return self["test"]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example (without the batch axis)."""
+        x = next(iter(self.splits.values()))[0]
+        return tuple(x.shape[1:])
+
+    def subset(self, n: int | None = None, *, splits: tuple[str, ...] | None = None) -> Splits:
+        """The first ``n`` examples of each split (all when ``n`` is None), optionally only
+        the named splits. Useful to make tiny versions for tests and quick looks."""
+        names = splits or tuple(self.splits)
+        chosen = {k: (self[k][0][:n], self[k][1][:n]) for k in names}
+        return Splits(chosen, name=self.name, num_classes=self.num_classes, meta=dict(self.meta))
+
+
+def _as_tensor(value: object, *, function: str, argument: str, labels: bool) -> Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, Tensor):
+        raise bad_argument(function, argument, expected="a tensor or numpy array", found=value)
+    if labels:
+        if value.is_floating_point():
+            if not torch.equal(value, value.round()):
+                raise bad_argument(
+                    function,
+                    argument,
+                    expected="integer class labels",
+                    found=f"non-integer floats such as {value.reshape(-1)[0].item()}",
+                    fix="Pass class indices (e.g. y.long()); regression targets are not supported by the default metrics.",
+                )
+        return value.long()
+    return value.float() if value.dtype in (torch.float64, torch.float16, torch.bfloat16) else value
+
+
+def _pair(value: object, *, function: str, argument: str) -> Pair:
+    if isinstance(value, torch.utils.data.DataLoader):
+        xs, ys = [], []
+        for batch in value:
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise bad_argument(function, argument, expected="a DataLoader yielding (x, y) batches", found=batch)
+            xs.append(batch[0])
+            ys.append(batch[1])
+        if not xs:
+            raise bad_argument(function, argument, expected="a non-empty DataLoader", found="an empty one")
+        value = (torch.cat(xs), torch.cat(ys))
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise bad_argument(
+            function,
+            argument,
+            expected="an (x, y) pair of tensors",
+            found=value,
+            fix="Pass (inputs, labels), a dict of such pairs, a DataLoader or landscape.datasets.mnist1d().",
+        )
+    x = _as_tensor(value[0], function=function, argument=f"{argument}[0]", labels=False)
+    y = _as_tensor(value[1], function=function, argument=f"{argument}[1]", labels=True)
+    if x.shape[0] != y.shape[0]:
+        raise bad_argument(
+            function,
+            argument,
+            expected="inputs and labels with the same number of examples",
+            found=f"{x.shape[0]} inputs and {y.shape[0]} labels",
+        )
+    if x.shape[0] == 0:
+        raise bad_argument(function, argument, expected="at least one example", found="an empty split")
+    return x, y
+
+
+def as_splits(data: object, *, function: str = "evaluate", argument: str = "data") -> tuple[Splits, bool]:
+    """Coerce user data into :class:`Splits`.
+
+    Returns
+    -------
+    (Splits, bool)
+        The splits, and whether the user passed one unnamed ``(x, y)`` pair (so results
+        need no ``split`` dimension).
+    """
+    if isinstance(data, Splits):
+        return data, False
+    if isinstance(data, Mapping):
+        if not data:
+            raise bad_argument(function, argument, expected="at least one split", found="an empty mapping")
+        pairs = {str(k): _pair(v, function=function, argument=f"{argument}[{k!r}]") for k, v in data.items()}
+        return Splits(pairs), False
+    if data is None:
+        raise bad_argument(
+            function, argument, expected="data: an (x, y) pair, a dict of splits or a DataLoader", found=None
+        )
+    return Splits({"data": _pair(data, function=function, argument=argument)}), True
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[Pair]:
+    """Consecutive slices of ``batch_size`` examples (views, no copies)."""
+    if batch_size < 1:
+        raise bad_argument("batches", "batch_size", expected="a positive integer", found=describe(batch_size))
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]

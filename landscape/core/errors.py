@@ -1,0 +1,76 @@
+"""Errors raised at the public boundary.
+
+Every error names the function, the argument, what was expected, what was found and how
+to fix it, so that a researcher can act on it without reading the library's source.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointError", "LandscapeError", "StateMismatchError", "bad_argument"]
+
+
+class LandscapeError(ValueError):
+    """Base class of the errors this library raises for bad input."""
+
+
+class StateMismatchError(LandscapeError):
+    """Two states, or a state and a model, do not have the same keys or shapes."""
+
+
+class CheckpointError(LandscapeError):
+    """A checkpoint could not be read safely (missing, truncated, unknown format, pickled code)."""
+
+
+def bad_argument(
+    function: str,
+    argument: str,
+    *,
+    expected: str,
+    found: object,
+    fix: str | None = None,
+    cls: type[LandscapeError] = LandscapeError,
+) -> LandscapeError:
+    """Build an error whose message follows the project's convention.
+
+    Parameters
+    ----------
+    function
+        The public function the user called, e.g. ``"evaluate"``.
+    argument
+        The argument that is wrong, e.g. ``"alphas"``.
+    expected
+        What the function needs, in words.
+    found
+        What it got; strings are used verbatim, other objects are summarised.
+    fix
+        One sentence on how to fix it.
+    cls
+        The error class to instantiate.
+
+    Examples
+    --------
+    >>> raise bad_argument("barrier", "kind", expected="one of 'linear', 'midpoint'", found="'x'")
+    Traceback (most recent call last):
+    ...
+    landscape.core.errors.LandscapeError: barrier(kind=...): expected one of 'linear', 'midpoint'; found 'x'.
+    """
+    found_text = found if isinstance(found, str) else describe(found)
+    message = f"{function}({argument}=...): expected {expected}; found {found_text}."
+    if fix:
+        message += f" {fix}"
+    return cls(message)
+
+
+def describe(value: object) -> str:
+    """A short description of a value for error messages (type, and shape where it has one)."""
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        dtype = getattr(value, "dtype", None)
+        return f"{type(value).__name__} of shape {tuple(shape)}" + (f" and dtype {dtype}" if dtype is not None else "")
+    if isinstance(value, (int, float, bool)) or value is None:
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) < 80 else repr(value[:77] + "...")
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of length {len(value)}"
+    return type(value).__name__

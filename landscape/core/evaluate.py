@@ -1,0 +1,292 @@
+"""Evaluate a model at many parameter points in one call, returning labelled xarray."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from landscape.core.batchnorm import bn_buffer_keys
+from landscape.core.data import Splits, as_splits
+from landscape.core.device import resolve_device
+from landscape.core.errors import bad_argument
+from landscape.core.family import AffineFamily, as_family
+from landscape.core.io import checkpoint_record, provenance_attrs
+from landscape.core.metrics import Metric, batch_sum, resolve_metrics
+from landscape.core.progress import progress_bar
+from landscape.core.state import check_compatible
+from landscape.core.strategies import STRATEGIES, Job, find_first_layer, run_affine, run_loop, run_vmap
+
+__all__ = ["evaluate"]
+
+GPU_BATCH_SIZE = 4096
+# On the CPU, batches whose widest activation fits in about 2 MiB stay in the L2 cache
+# between layers; measured 1.3x faster than one batch of 1,000 for a 784-512-512-10 MLP.
+CPU_ACTIVATION_BYTES = 2 * 2**20
+BN_POLICIES = ("keep", "reset")
+
+
+def _model_description(model: nn.Module) -> object:
+    from landscape.models import spec_of
+
+    return spec_of(model) or type(model).__name__
+
+
+def _input_dtype(family: AffineFamily) -> torch.dtype:
+    for t in family.basis[0].values():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def _points_per_chunk(family: AffineFamily, device: torch.device, requested: int | None) -> int:
+    if requested is not None:
+        if not isinstance(requested, int) or requested < 1:
+            raise bad_argument("evaluate", "points_per_chunk", expected="a positive integer", found=repr(requested))
+        return requested
+    bytes_per_point = sum(t.numel() * t.element_size() for t in family.basis[0].values())
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free // 8
+    else:
+        budget = 256 * 2**20
+    return int(max(1, min(len(family), 64, budget // max(bytes_per_point, 1))))
+
+
+def _choose_strategy(requested: str, job: Job, sample: Tensor) -> tuple[str, object]:
+    """The strategy to run and its extra argument (the first layer for ``affine``)."""
+    if requested not in STRATEGIES:
+        raise bad_argument("evaluate", "strategy", expected=f"one of {STRATEGIES}", found=repr(requested))
+    if requested in ("loop", "vmap"):
+        return requested, None
+    if requested == "affine" or (job.device.type == "cpu" and job.family.is_structured):
+        first = find_first_layer(job.model, job.family, sample)
+        if isinstance(first, str):
+            if requested == "affine":
+                raise bad_argument(
+                    "evaluate",
+                    "strategy",
+                    expected="a model whose first layer allows strategy='affine'",
+                    found=f"'affine', but {first}",
+                    fix="Use strategy='auto' or 'loop'.",
+                )
+            return "loop", None
+        return "affine", first
+    if job.device.type == "cuda":
+        return "vmap", None
+    return "loop", None
+
+
+def evaluate(
+    model: nn.Module,
+    points: object,
+    data: object,
+    *,
+    metrics: str | Metric | Sequence[str | Metric] | Mapping[str, Metric] = ("loss", "accuracy"),
+    batch_size: int | None = None,
+    bn: str = "keep",
+    bn_data: object = None,
+    device: str | torch.device = "auto",
+    strategy: str = "auto",
+    points_per_chunk: int | None = None,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Evaluate ``model`` at every parameter point of ``points`` on ``data``.
+
+    The engine picks the fastest strategy that gives the same numbers as a plain loop over
+    points: ``vmap`` over chunks of points on CUDA; on the CPU, for lines and planes whose
+    first layer is a Linear/Conv/Embedding layer, the ``affine`` strategy that computes that
+    layer once per basis state instead of once per point; a ``loop`` otherwise. Data is
+    moved and cast once for all points, and the caller's model is never modified.
+
+    Parameters
+    ----------
+    model
+        The architecture; its own weights are not used, only its structure.
+    points
+        A State, a list of States, a dict of named States, or an :class:`AffineFamily`
+        (lines and planes, given lazily).
+    data
+        An ``(x, y)`` pair, a dict of such pairs by split name, a DataLoader, or
+        :class:`~landscape.core.data.Splits` such as ``landscape.datasets.mnist1d()``.
+    metrics
+        Names (``"loss"``: mean cross-entropy, ``"accuracy"``, ``"error"``) or callables
+        ``metric(logits, targets)`` returning per-example values (or a batch mean).
+    batch_size
+        Examples per forward pass (default 4096).
+    bn
+        ``"keep"`` uses the running statistics stored at each point (interpolated along a
+        line); ``"reset"`` recomputes every BatchNorm layer's statistics at every point from
+        ``bn_data`` (default: the ``train`` split of ``data``) as an exact average over
+        batches of ``batch_size``.
+    bn_data
+        Inputs (or an ``(x, y)`` pair) for ``bn="reset"``.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    strategy
+        ``"auto"``, or force ``"loop"``, ``"affine"`` or ``"vmap"``.
+    points_per_chunk
+        Points per vmap call (default: what fits in an eighth of free memory, at most 64).
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    xarray.Dataset
+        One variable per metric, with the point set's dims (``point``, ``alpha``, or
+        ``alpha`` and ``beta``) and ``split`` when ``data`` has named splits. ``attrs`` hold
+        provenance: checkpoint hashes, model spec, strategy, BN policy, versions.
+
+    Examples
+    --------
+    >>> import torch, landscape as ls
+    >>> model = ls.models.create("mlp", width=8, depth=1, seed=0)
+    >>> a, b = ls.state_of(model), ls.state_of(ls.models.create("mlp", width=8, depth=1, seed=1))
+    >>> data = (torch.randn(32, 40), torch.randint(0, 10, (32,)))
+    >>> ds = ls.evaluate(model, ls.AffineFamily.line(a, b, alphas=5), data, progress=False)
+    >>> ds.loss.dims
+    ('alpha',)
+    """
+    if not isinstance(model, nn.Module):
+        raise bad_argument(
+            "evaluate",
+            "model",
+            expected="an nn.Module",
+            found=model,
+            fix="Build one with landscape.models.create(...) or pass your own module.",
+        )
+    family = as_family(points, function="evaluate", argument="points")
+    splits, single = as_splits(data, function="evaluate", argument="data")
+    metric_fns = resolve_metrics(metrics, function="evaluate")
+    if bn not in BN_POLICIES:
+        raise bad_argument("evaluate", "bn", expected="'keep' or 'reset'", found=repr(bn))
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise bad_argument("evaluate", "batch_size", expected="a positive integer", found=repr(batch_size))
+    device = resolve_device(device, function="evaluate")
+
+    check_compatible(model.state_dict(), family.basis[0], function="evaluate", names=("model", "points"))
+    work = copy.deepcopy(model).to(device).eval()
+    dtype = _input_dtype(family)
+    on_device = {
+        name: (x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device), y.to(device))
+        for name, (x, y) in splits.items()
+    }
+
+    bn_keys: list[str] = []
+    bn_inputs: Tensor | None = None
+    bn_note = None
+    if bn == "reset":
+        bn_keys = bn_buffer_keys(work)
+        if not bn_keys:
+            bn_note = "model has no BatchNorm layer; bn='reset' changed nothing"
+            warnings.warn(f"evaluate(bn='reset'): {bn_note}.", stacklevel=2)
+        else:
+            bn_inputs = _bn_inputs(bn_data, splits, device, dtype)
+
+    if batch_size is None:
+        batch_size = _default_batch_size(work, family, on_device, device)
+    n_batches = sum(-(-x.shape[0] // batch_size) for x, _ in on_device.values())
+    with progress_bar(total=len(family) * n_batches, desc="evaluate", unit="pt·batch", disable=not progress) as bar:
+        job = Job(work, family, on_device, batch_size, device, bn_keys, bn_inputs, bar.update)
+        sample = next(iter(on_device.values()))[0][:2]
+        chosen, extra = _choose_strategy(strategy, job, sample)
+        sums = {name: torch.zeros(len(family), len(splits), dtype=torch.float64, device=device) for name in metric_fns}
+        split_index = {name: i for i, name in enumerate(splits)}
+
+        def consume(idx: Sequence[int], split: str, logits: Tensor, targets: Tensor) -> None:
+            s = split_index[split]
+            for j, k in enumerate(idx):
+                for name, fn in metric_fns.items():
+                    sums[name][k, s] += batch_sum(fn, name, logits[j], targets)
+
+        with torch.no_grad():
+            if chosen == "affine":
+                run_affine(job, consume, extra)
+            elif chosen == "vmap":
+                run_vmap(job, consume, _points_per_chunk(family, device, points_per_chunk))
+            else:
+                run_loop(job, consume)
+
+    counts = np.array([y.shape[0] for _, y in splits.values()], dtype=np.float64)
+    variables = {}
+    for name, total in sums.items():
+        values = total.cpu().numpy() / counts
+        values = values.reshape(*family.shape, len(splits))
+        dims = (*family.dims, "split")
+        if single:
+            values, dims = values[..., 0], family.dims
+        variables[name] = (dims, values)
+    coords: dict[str, object] = dict(family.coords)
+    if not single:
+        coords["split"] = list(splits)
+    attrs = provenance_attrs(
+        model=_model_description(model),
+        checkpoints=[checkpoint_record(s) for s in family.basis if s.provenance],
+        data=_data_description(splits, single),
+        metrics=list(metric_fns),
+        strategy=chosen,
+        device=str(device),
+        bn=bn,
+        bn_note=bn_note,
+        bn_examples=int(bn_inputs.shape[0]) if bn_inputs is not None else None,
+        batch_size=batch_size,
+    )
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def _default_batch_size(
+    model: nn.Module, family: AffineFamily, splits: dict[str, tuple[Tensor, Tensor]], device: torch.device
+) -> int:
+    """GPU: large batches. CPU: batches whose widest activation fits in the L2 cache, split
+    evenly (1,000 examples in chunks of at most 512 become two of 500)."""
+    if device.type != "cpu":
+        return GPU_BATCH_SIZE
+    widest = 1
+    hooks = [m.register_forward_hook(lambda _m, _i, out: _widest(out)) for m in model.modules()]
+    sizes: list[int] = []
+
+    def _widest(out: object) -> None:
+        if isinstance(out, Tensor) and out.dim() > 0:
+            sizes.append(out[0].numel() * out.element_size())
+
+    try:
+        with torch.no_grad():
+            functional_call(model, family.state_on(0, device), (next(iter(splits.values()))[0][:1],))
+    finally:
+        for h in hooks:
+            h.remove()
+    widest = max(sizes, default=1)
+    target = int(min(4096, max(64, CPU_ACTIVATION_BYTES // widest)))
+    largest = max(x.shape[0] for x, _ in splits.values())
+    chunks = -(-largest // target)
+    return -(-largest // chunks)
+
+
+def _bn_inputs(bn_data: object, splits: Splits, device: torch.device, dtype: torch.dtype) -> Tensor:
+    if bn_data is None:
+        if "train" not in splits:
+            raise bad_argument(
+                "evaluate",
+                "bn_data",
+                expected="training inputs for bn='reset'",
+                found=f"None, and data has no 'train' split (splits: {list(splits)})",
+                fix="Pass bn_data=(x_train, y_train) or data with a 'train' split.",
+            )
+        x = splits["train"][0]
+    elif isinstance(bn_data, Tensor):
+        x = bn_data
+    else:
+        x = as_splits(bn_data, function="evaluate", argument="bn_data")[0].splits
+        x = next(iter(x.values()))[0]
+    return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+
+
+def _data_description(splits: Splits, single: bool) -> dict[str, object]:
+    sizes = {name: int(y.shape[0]) for name, (_, y) in splits.items()}
+    return {"name": splits.name, "sizes": sizes, **({"meta": splits.meta} if splits.meta else {})}

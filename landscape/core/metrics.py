@@ -1,0 +1,111 @@
+"""Metrics computed from logits and integer targets, one value per example.
+
+A metric is a callable ``metric(logits, targets) -> Tensor``: ``logits`` has shape
+(N, ..., C) and ``targets`` (N, ...). It returns either one value per example, shape (N,),
+which the engine averages over the data, or a 0-d batch mean, which the engine weights by
+the batch size. Sequence outputs are averaged over positions within each example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from landscape.core.errors import bad_argument
+
+__all__ = ["BUILTIN", "Metric", "accuracy", "error", "loss", "resolve_metrics"]
+
+Metric = Callable[[Tensor, Tensor], Tensor]
+
+
+def loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy per example (mean over positions for sequence outputs)."""
+    per_position = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    return per_position.reshape(targets.shape[0], -1).mean(dim=1)
+
+
+def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Fraction of correct argmax predictions per example (1 or 0 for classification)."""
+    correct = (logits.argmax(dim=-1) == targets).float()
+    return correct.reshape(targets.shape[0], -1).mean(dim=1)
+
+
+def error(logits: Tensor, targets: Tensor) -> Tensor:
+    """``1 - accuracy`` per example."""
+    return 1.0 - accuracy(logits, targets)
+
+
+BUILTIN: dict[str, Metric] = {"loss": loss, "accuracy": accuracy, "error": error}
+
+
+def resolve_metrics(
+    metrics: str | Metric | Sequence[str | Metric] | Mapping[str, Metric], *, function: str = "evaluate"
+) -> dict[str, Metric]:
+    """Names and callables to an ordered ``{name: callable}``."""
+    if isinstance(metrics, Mapping):
+        items = list(metrics.items())
+    else:
+        if isinstance(metrics, str) or callable(metrics):
+            metrics = [metrics]
+        items = []
+        for m in metrics:
+            if isinstance(m, str):
+                if m not in BUILTIN:
+                    raise bad_argument(
+                        function,
+                        "metrics",
+                        expected=f"names from {sorted(BUILTIN)} or callables",
+                        found=repr(m),
+                        fix="Pass a callable metric(logits, targets) -> per-example values for anything else.",
+                    )
+                items.append((m, BUILTIN[m]))
+            elif callable(m):
+                items.append((getattr(m, "__name__", f"metric{len(items)}"), m))
+            else:
+                raise bad_argument(function, "metrics", expected="metric names or callables", found=m)
+    if not items:
+        raise bad_argument(function, "metrics", expected="at least one metric", found="none")
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise bad_argument(function, "metrics", expected="distinct metric names", found=repr(names))
+    return dict(items)
+
+
+def batch_sum(metric: Metric, name: str, logits: Tensor, targets: Tensor) -> Tensor:
+    """Sum over the batch of a metric's per-example values (a 0-d result counts as a mean),
+    as a float64 0-d tensor on the logits' device (no host synchronisation)."""
+    value = metric(logits, targets)
+    if not isinstance(value, Tensor):
+        value = torch.as_tensor(value, device=logits.device)
+    n = targets.shape[0]
+    if value.dim() == 0:
+        return value.double() * n
+    if value.shape[0] != n:
+        raise bad_argument(
+            "evaluate",
+            "metrics",
+            expected=f"metric {name!r} to return one value per example ({n}) or a scalar",
+            found=value,
+        )
+    return value.double().reshape(n, -1).mean(dim=1).sum()
+
+
+def model_output_logits(output: object) -> Tensor:
+    """Logits from a model's output: a tensor, an object with ``.logits`` (Hugging Face), or
+    the first element of a tuple."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise bad_argument(
+        "evaluate",
+        "model",
+        expected="a model returning logits (a tensor, .logits, or a tuple starting with them)",
+        found=output,
+    )

@@ -1,0 +1,360 @@
+"""A small deterministic trainer for demos and analyses.
+
+The initialisation seed and the data-order seed are separate, so that two children can be
+trained from one checkpoint with different data orders (instability analysis), and a mask
+keeps pruned weights exactly zero through every optimiser step (lottery tickets).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from landscape.core.data import Splits, as_splits
+from landscape.core.device import resolve_device
+from landscape.core.errors import bad_argument
+from landscape.core.io import provenance_attrs
+from landscape.core.metrics import accuracy as accuracy_metric
+from landscape.core.metrics import loss as loss_metric
+from landscape.core.metrics import model_output_logits
+from landscape.core.progress import progress_bar
+from landscape.core.state import State, as_state, check_compatible, state_of
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainResult", "init_state", "lr_at", "train"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    state : State
+        Parameters and buffers after the last step (on the CPU).
+    checkpoints : dict of int to State
+        States after the requested numbers of optimiser steps (step 0 is the start).
+    history : xarray.Dataset
+        ``loss``, ``accuracy`` and ``lr`` over ``step`` (per training batch) and, when an
+        evaluation split exists, ``test_loss`` and ``test_accuracy`` over ``eval_step``.
+    """
+
+    state: State
+    checkpoints: dict[int, State] = field(default_factory=dict)
+    history: xr.Dataset = field(default_factory=xr.Dataset)
+
+
+def init_state(model: nn.Module, seed: int) -> State:
+    """A fresh initialisation of ``model``'s architecture from ``seed``.
+
+    Zoo models are rebuilt from their spec (the same numbers as ``models.create(..., seed=seed)``);
+    other models call ``reset_parameters()`` on every submodule that has it, in module
+    order, under the seed. Torch's global random state is left untouched.
+    """
+    from landscape.models import from_spec, spec_of
+
+    spec = spec_of(model)
+    if spec is not None:
+        return state_of(from_spec(spec, seed=seed))
+    fresh = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for module in fresh.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return state_of(fresh)
+
+
+def lr_at(step: int, total: int, *, lr: float, schedule: str = "constant", warmup: int = 0) -> float:
+    """Learning rate before optimiser step ``step`` (0-based) of ``total``.
+
+    Linear warm-up from 0 over ``warmup`` steps, then ``constant``, ``cosine`` (to 0 at the
+    end) or ``linear`` (to 0 at the end) decay.
+    """
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return lr * (1.0 - progress)
+    return lr
+
+
+def _optimizer(
+    name: str, params: Iterable[Tensor], lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise bad_argument("train", "optimizer", expected=f"one of {OPTIMIZERS}", found=repr(name))
+
+
+def _check_mask(mask: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    params = dict(model.named_parameters())
+    unknown = [k for k in mask if k not in params]
+    if unknown:
+        raise bad_argument(
+            "train",
+            "mask",
+            expected="keys that name parameters of the model",
+            found=f"unknown keys {unknown[:5]}",
+            fix="Build masks with landscape.pruning.",
+        )
+    for k, m in mask.items():
+        if tuple(m.shape) != tuple(params[k].shape):
+            raise bad_argument(
+                "train",
+                "mask",
+                expected=f"mask {k!r} of shape {tuple(params[k].shape)}",
+                found=f"shape {tuple(m.shape)}",
+            )
+    return {k: m.to(torch.bool) for k, m in mask.items()}
+
+
+def train(
+    model: nn.Module,
+    data: object,
+    *,
+    epochs: int = 10,
+    steps: int | None = None,
+    optimizer: str = "sgd",
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+    warmup: int = 0,
+    batch_size: int = 128,
+    init_seed: int | None = None,
+    data_seed: int = 0,
+    start: Mapping[str, Tensor] | None = None,
+    checkpoint_steps: Iterable[int] = (),
+    mask: Mapping[str, Tensor] | None = None,
+    loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+    eval_every: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> TrainResult:
+    """Train a copy of ``model`` with mini-batch SGD/Adam/AdamW; the same seeds give the same numbers.
+
+    Parameters
+    ----------
+    model
+        The architecture (and, unless ``start`` or ``init_seed`` is given, the starting
+        weights). It is not modified.
+    data
+        :class:`~landscape.core.data.Splits` (trains on ``train``, evaluates on ``test``),
+        a dict of splits, or one ``(x, y)`` pair.
+    epochs, steps
+        Length of training; ``steps`` (optimiser steps) overrides ``epochs``.
+    optimizer, lr, momentum, weight_decay
+        ``"sgd"`` (with ``momentum``), ``"adam"`` or ``"adamw"``.
+    schedule, warmup
+        ``"constant"``, ``"cosine"`` or ``"linear"`` decay after ``warmup`` linear warm-up steps.
+    batch_size
+        Examples per step; the last batch of an epoch may be smaller.
+    init_seed
+        Re-initialise the weights from this seed (see :func:`init_state`).
+    data_seed
+        Seed of the data order (and of dropout); independent of the initialisation.
+    start
+        A State to start from (e.g. a checkpoint at step k); overrides ``init_seed``.
+    checkpoint_steps
+        Optimiser steps after which to keep a copy of the state (0 = the start).
+    mask
+        Booleans per parameter name; masked weights are zeroed at the start and stay exactly
+        zero (their gradients are zeroed before, and the weights re-masked after, every step).
+    loss
+        ``loss(logits, targets) -> scalar``; default mean cross-entropy.
+    eval_every
+        Evaluate on the ``test`` split every this many steps (default: every epoch).
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``...
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    TrainResult
+        ``state``, ``checkpoints`` and ``history`` (dims ``step`` and ``eval_step``).
+
+    Examples
+    --------
+    >>> import landscape as ls
+    >>> data = ls.datasets.mnist1d(n_train=256, n_test=64)
+    >>> model = ls.models.create("mlp", width=16, depth=1, seed=0)
+    >>> result = ls.train(model, data, epochs=1, batch_size=64, progress=False)
+    >>> int(result.history.sizes["step"])
+    4
+    """
+    if not isinstance(model, nn.Module):
+        raise bad_argument("train", "model", expected="an nn.Module", found=model)
+    splits, single = as_splits(data, function="train", argument="data")
+    train_split = "data" if single else "train"
+    if train_split not in splits:
+        raise bad_argument("train", "data", expected="a 'train' split", found=f"splits {list(splits)}")
+    x_train, y_train = splits[train_split]
+    eval_pair = None if single or "test" not in splits else splits["test"]
+    for name, value in {"batch_size": batch_size, "epochs": epochs}.items():
+        if not isinstance(value, int) or value < 1:
+            raise bad_argument("train", name, expected="a positive integer", found=repr(value))
+    if schedule not in SCHEDULES:
+        raise bad_argument("train", "schedule", expected=f"one of {SCHEDULES}", found=repr(schedule))
+    if not lr > 0:
+        raise bad_argument("train", "lr", expected="a positive learning rate", found=repr(lr))
+    n = x_train.shape[0]
+    per_epoch = -(-n // batch_size)
+    total = int(steps) if steps is not None else epochs * per_epoch
+    if total < 1:
+        raise bad_argument("train", "steps", expected="at least one step", found=repr(steps))
+    wanted = sorted({int(s) for s in checkpoint_steps})
+    if wanted and (wanted[0] < 0 or wanted[-1] > total):
+        raise bad_argument(
+            "train",
+            "checkpoint_steps",
+            expected=f"steps between 0 and the run's {total} steps",
+            found=repr(wanted),
+            fix="Train longer (epochs/steps) or ask for earlier checkpoints.",
+        )
+    device = resolve_device(device, function="train")
+
+    work = copy.deepcopy(model)
+    if start is not None:
+        start_state = as_state(start, function="train", argument="start")
+        check_compatible(work.state_dict(), start_state, function="train", names=("model", "start"))
+        work.load_state_dict(start_state)
+    elif init_seed is not None:
+        work.load_state_dict(init_state(model, init_seed))
+    work.to(device).train()
+    masks = _check_mask(mask, work) if mask is not None else {}
+    params = dict(work.named_parameters())
+    with torch.no_grad():
+        for k, m in masks.items():
+            params[k].mul_(m.to(device))
+    masks = {k: m.to(device) for k, m in masks.items()}
+    opt = _optimizer(optimizer, work.parameters(), lr, momentum, weight_decay)
+    loss_fn = loss or (lambda logits, y: loss_metric(logits, y).mean())
+
+    x_train = x_train.to(device)
+    y_train = y_train.to(device)
+    order_gen = torch.Generator().manual_seed(int(data_seed))
+    checkpoints: dict[int, State] = {}
+    losses, accs, lrs = np.zeros(total), np.zeros(total), np.zeros(total)
+    eval_steps: list[int] = []
+    eval_loss: list[float] = []
+    eval_acc: list[float] = []
+    eval_every = eval_every or per_epoch
+
+    def snapshot(step: int) -> State:
+        state = State({k: v.detach().cpu().clone() for k, v in work.state_dict().items()})
+        state.provenance = {
+            "format": "trained",
+            "source": "landscape.train",
+            "step": step,
+            "init_seed": init_seed,
+            "data_seed": data_seed,
+        }
+        return state
+
+    def evaluate_test(step: int) -> None:
+        assert eval_pair is not None
+        work.eval()
+        with torch.no_grad():
+            total_loss = total_acc = 0.0
+            x, y = eval_pair
+            for s in range(0, x.shape[0], 1024):
+                logits = model_output_logits(work(x[s : s + 1024].to(device)))
+                yb = y[s : s + 1024].to(device)
+                total_loss += float(loss_metric(logits, yb).sum())
+                total_acc += float(accuracy_metric(logits, yb).sum())
+        work.train()
+        eval_steps.append(step)
+        eval_loss.append(total_loss / x.shape[0])
+        eval_acc.append(total_acc / x.shape[0])
+
+    if 0 in wanted:
+        checkpoints[0] = snapshot(0)
+    step = 0
+    # Dropout draws from torch's global generator: seed it from the data seed, and restore it after.
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        progress_bar(total=total, desc="train", unit="step", disable=not progress) as bar,
+    ):
+        torch.manual_seed(int(data_seed) + 1)
+        while step < total:
+            order = torch.randperm(n, generator=order_gen).to(device)
+            for start_idx in range(0, n, batch_size):
+                if step >= total:
+                    break
+                idx = order[start_idx : start_idx + batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                rate = lr_at(step, total, lr=lr, schedule=schedule, warmup=warmup)
+                for group in opt.param_groups:
+                    group["lr"] = rate
+                logits = model_output_logits(work(xb))
+                value = loss_fn(logits, yb)
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                if masks:
+                    for k, m in masks.items():
+                        if params[k].grad is not None:
+                            params[k].grad.mul_(m)
+                opt.step()
+                if masks:
+                    with torch.no_grad():
+                        for k, m in masks.items():
+                            params[k].mul_(m)
+                losses[step] = float(value.detach())
+                accs[step] = float(accuracy_metric(logits.detach(), yb).mean())
+                lrs[step] = rate
+                step += 1
+                bar.update(1)
+                if step in wanted:
+                    checkpoints[step] = snapshot(step)
+                if eval_pair is not None and (step % eval_every == 0 or step == total):
+                    evaluate_test(step)
+    history = xr.Dataset(
+        {
+            "loss": (("step",), losses),
+            "accuracy": (("step",), accs),
+            "lr": (("step",), lrs),
+        },
+        coords={"step": np.arange(1, total + 1)},
+    )
+    if eval_steps:
+        history["test_loss"] = (("eval_step",), np.array(eval_loss))
+        history["test_accuracy"] = (("eval_step",), np.array(eval_acc))
+        history = history.assign_coords(eval_step=np.array(eval_steps))
+    from landscape.models import spec_of
+
+    history.attrs = provenance_attrs(
+        model=spec_of(model) or type(model).__name__,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        warmup=warmup,
+        batch_size=batch_size,
+        steps=total,
+        init_seed=init_seed,
+        data_seed=data_seed,
+        masked=bool(masks),
+        data=getattr(splits, "name", "data") if isinstance(splits, Splits) else "data",
+    )
+    work.eval()
+    return TrainResult(state=snapshot(total), checkpoints=checkpoints, history=history)

@@ -339,7 +339,7 @@ def train(
         history["test_loss"] = (("eval_step",), np.array(eval_loss))
         history["test_accuracy"] = (("eval_step",), np.array(eval_acc))
         history = history.assign_coords(eval_step=np.array(eval_steps))
-    from landscape.models import spec_of
+    from landscape.core.spec import spec_of
 
     history.attrs = provenance_attrs(
         model=spec_of(model) or type(model).__name__,

@@ -295,7 +295,7 @@ def save_state(
     from safetensors.torch import save_file
 
     from landscape.core.io import library_version
-    from landscape.models import spec_of
+    from landscape.core.spec import spec_of
 
     path = Path(path)
     if path.suffix != ".safetensors":

@@ -20,6 +20,7 @@ from landscape.core.family import AffineFamily, as_family
 from landscape.core.io import checkpoint_record, provenance_attrs
 from landscape.core.metrics import Metric, batch_sum, resolve_metrics
 from landscape.core.progress import progress_bar
+from landscape.core.spec import spec_of
 from landscape.core.state import check_compatible
 from landscape.core.strategies import STRATEGIES, Job, find_first_layer, run_affine, run_loop, run_vmap
 
@@ -33,8 +34,6 @@ BN_POLICIES = ("keep", "reset")
 
 
 def _model_description(model: nn.Module) -> object:
-    from landscape.models import spec_of
-
     return spec_of(model) or type(model).__name__
 
 

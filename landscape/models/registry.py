@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from landscape.core.errors import bad_argument
+from landscape.core.spec import SPEC_ATTRIBUTE, spec_of
 
 __all__ = ["available", "create", "from_spec", "parse_spec", "register", "spec_of"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_SPEC_ATTRIBUTE = "landscape_spec"
 
 
 def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -93,14 +93,8 @@ def create(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
             torch.manual_seed(int(seed))
             model = constructor(**kwargs)
     spec = {"name": name, **{k: _jsonable(v) for k, v in kwargs.items()}}
-    setattr(model, _SPEC_ATTRIBUTE, spec)
+    setattr(model, SPEC_ATTRIBUTE, spec)
     return model.eval()
-
-
-def spec_of(model: nn.Module) -> dict[str, Any] | None:
-    """The spec a zoo model was created from (``{"name": ..., **kwargs}``), or None."""
-    spec = getattr(model, _SPEC_ATTRIBUTE, None)
-    return dict(spec) if spec is not None else None
 
 
 def from_spec(spec: Mapping[str, Any] | str, *, seed: int | None = None) -> nn.Module:

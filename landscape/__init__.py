@@ -25,7 +25,7 @@ _EXPORTS = {
     "load_result": "landscape.core.io",
     "Splits": "landscape.core.data",
     "set_num_threads": "landscape.core.device",
-    "train": "landscape.train",
+    "train": "landscape.training",
 }
 _SUBMODULES = (
     "core",
@@ -78,7 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from landscape.core.family import AffineFamily
     from landscape.core.io import load_result, save_result
     from landscape.core.state import State, lerp, random_direction, state_of
-    from landscape.train import train
+    from landscape.training import train
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,7 @@ ANALYSES = ("connectivity", "alignment", "distillation", "probes", "pruning", "c
 ALLOWED = {
     "core": {"core"},
     "models": {"core", "models"},
-    "train": {"core", "models", "train"},
+    "training": {"core", "models", "training"},
     "datasets": {"core", "datasets"},
     "symmetry": {"core", "models", "symmetry"},
 }
@@ -42,7 +42,7 @@ def test_import_direction() -> None:
         part = _part(path)
         allowed = ALLOWED.get(part)
         if part in ANALYSES:
-            allowed = {"core", "models", "train", "datasets", "symmetry", *ANALYSES}
+            allowed = {"core", "models", "training", "datasets", "symmetry", *ANALYSES}
             if {"plot", "commands", "demo", "cli"} & _imports(path):
                 violations.append(f"{path.relative_to(PACKAGE)} imports plot/commands/demo")
         if allowed is None:

@@ -240,6 +240,10 @@ class AffineFamily:
                 out[key] = stacked[nonzero[0]]
             elif not nonzero:
                 out[key] = torch.zeros_like(stacked[0])
+            elif len(nonzero) == 2 and float(row[nonzero[0]]) + float(row[nonzero[1]]) == 1.0:
+                # torch.lerp is exact at both ends and returns x when x == y, so a model
+                # interpolated with itself stays bit-identical (barrier exactly 0).
+                out[key] = torch.lerp(stacked[nonzero[0]], stacked[nonzero[1]], float(row[nonzero[1]]))
             else:
                 acc = stacked[nonzero[0]] * float(row[nonzero[0]])
                 for m in nonzero[1:]:
@@ -256,12 +260,17 @@ class AffineFamily:
         one_hot = bool(((rows == 0) | (rows == 1)).all() and (rows.sum(dim=1) == 1).all())
         picks = rows.argmax(dim=1).to(device)
         anchors = torch.tensor([max(self.anchors, key=lambda m: float(r[m])) for r in rows], device=device)
+        is_line = rows.shape[1] == 2 and bool((rows.sum(dim=1) == 1).all())
         out: dict[str, Tensor] = {}
         for key, stacked_basis in basis.items():
             if not (stacked_basis.is_floating_point() or stacked_basis.is_complex()):
                 out[key] = stacked_basis.index_select(0, anchors)
             elif one_hot:
                 out[key] = stacked_basis.index_select(0, picks)
+            elif is_line:
+                shape = (len(idx),) + (1,) * (stacked_basis.dim() - 1)
+                t = rows[:, 1].to(device=device, dtype=stacked_basis.dtype).reshape(shape)
+                out[key] = torch.lerp(stacked_basis[0].expand_as(stacked_basis[:1]), stacked_basis[1:2], t)
             else:
                 w = rows.to(device=device, dtype=stacked_basis.dtype)
                 out[key] = torch.tensordot(w, stacked_basis, dims=([1], [0]))

@@ -1,0 +1,137 @@
+"""Instability analysis (Frankle et al. 2020): train two copies of a network from the same
+state with different data orders, and measure the barrier between the results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from landscape.connectivity.barriers import barrier
+from landscape.connectivity.interpolation import interpolate
+from landscape.core.errors import bad_argument
+from landscape.core.state import as_state
+from landscape.training import train as train_model
+
+__all__ = ["DEFAULT_TRAIN", "instability", "instability_sweep"]
+
+DEFAULT_TRAIN: dict[str, object] = {"epochs": 10, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 128}
+
+
+def instability(
+    model: nn.Module,
+    state_at_k: Mapping[str, Tensor],
+    data: object,
+    *,
+    seeds: Sequence[int] = (0, 1),
+    train: Mapping[str, object] | None = None,
+    alphas: int | Sequence[float] = 30,
+    kind: str = "max_minus_mean",
+    threshold: float = 0.02,
+    bn: str = "keep",
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> xr.Dataset:
+    """Train two children of ``state_at_k`` with data-order seeds ``seeds`` and interpolate them.
+
+    Frankle et al. (2020) call a network *stable* (to SGD noise) when the error barrier
+    between such children is below 2 percentage points; ``threshold`` sets that limit.
+
+    Parameters
+    ----------
+    model
+        The architecture.
+    state_at_k
+        The state both children start from (e.g. a checkpoint after k steps).
+    data
+        Training and evaluation data with ``train`` and ``test`` splits.
+    seeds
+        Two data-order seeds.
+    train
+        Keyword arguments for :func:`landscape.train` (epochs, lr, optimizer, ...);
+        default ``DEFAULT_TRAIN``.
+    alphas
+        Interpolation points between the children.
+    kind
+        Barrier definition (see :func:`barrier`); Frankle et al. use the increase over the
+        mean of the endpoints, ``"max_minus_mean"``.
+    threshold
+        Error barrier (a fraction, 0.02 = 2 points) below which the network counts as stable.
+
+    Returns
+    -------
+    xarray.Dataset
+        The interpolation curve (``loss``, ``accuracy``, ``error`` over ``alpha``, ``split``)
+        plus ``error_barrier``, ``loss_barrier`` and ``stable`` over ``split``.
+    """
+    if len(seeds) != 2 or seeds[0] == seeds[1]:
+        raise bad_argument("instability", "seeds", expected="two different data-order seeds", found=repr(tuple(seeds)))
+    if not 0 < threshold < 1:
+        raise bad_argument("instability", "threshold", expected="a fraction in (0, 1)", found=repr(threshold))
+    options = dict(DEFAULT_TRAIN if train is None else train)
+    for reserved in ("start", "data_seed", "init_seed"):
+        if reserved in options:
+            raise bad_argument(
+                "instability",
+                "train",
+                expected=f"training options without {reserved!r}",
+                found=f"{reserved}={options[reserved]!r}",
+                fix="Pass the start state and seeds directly.",
+            )
+    start = as_state(state_at_k, function="instability", argument="state_at_k")
+    children = [
+        train_model(model, data, start=start, data_seed=int(s), device=device, progress=progress, **options).state
+        for s in seeds
+    ]
+    curve = interpolate(model, children[0], children[1], data, alphas=alphas, bn=bn, device=device, progress=progress)
+    curve["error_barrier"] = barrier(curve, metric="error", kind=kind)
+    curve["loss_barrier"] = barrier(curve, metric="loss", kind=kind)
+    curve["stable"] = curve["error_barrier"] < threshold
+    curve.attrs.update(
+        analysis="instability",
+        seeds=list(map(int, seeds)),
+        threshold=threshold,
+        barrier_kind=kind,
+        train=_json(options),
+    )
+    return curve
+
+
+def instability_sweep(
+    model: nn.Module,
+    checkpoints: Mapping[int, Mapping[str, Tensor]],
+    data: object,
+    **options: object,
+) -> xr.Dataset:
+    """:func:`instability` at several training steps.
+
+    Parameters
+    ----------
+    checkpoints
+        States by training step (e.g. ``train(..., checkpoint_steps=...).checkpoints``).
+    **options
+        Passed to :func:`instability`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The per-step results concatenated over a new ``step`` dimension: curves over
+        (``step``, ``alpha``, ``split``) and ``error_barrier``, ``loss_barrier``, ``stable``
+        over (``step``, ``split``).
+    """
+    if not checkpoints:
+        raise bad_argument("instability_sweep", "checkpoints", expected="at least one step", found="none")
+    steps = sorted(int(s) for s in checkpoints)
+    results = [instability(model, checkpoints[s], data, **options) for s in steps]
+    combined = xr.concat(results, dim="step", combine_attrs="drop_conflicts").assign_coords(step=np.array(steps))
+    combined.attrs["analysis"] = "instability_sweep"
+    return combined
+
+
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value, default=str, sort_keys=True)

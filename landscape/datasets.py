@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,15 @@ _DOC_MODULES = (
 
 def _docstring_corpus() -> str:
     texts: list[str] = []
+    with warnings.catch_warnings():  # reading typing.io/typing.re docstrings warns on 3.11
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _collect_docstrings(texts)
+    seen: set[str] = set()
+    unique = [t for t in texts if not (t in seen or seen.add(t))]
+    return "\n\n".join(unique)
+
+
+def _collect_docstrings(texts: list[str]) -> None:
     for name in _DOC_MODULES:
         module = importlib.import_module(name)
         members = [module, *(getattr(module, n) for n in sorted(dir(module)) if not n.startswith("_"))]
@@ -181,9 +191,6 @@ def _docstring_corpus() -> str:
             doc = getattr(obj, "__doc__", None)
             if isinstance(doc, str) and len(doc) > 40 and getattr(obj, "__module__", name) in (name, None):
                 texts.append(doc.strip())
-    seen: set[str] = set()
-    unique = [t for t in texts if not (t in seen or seen.add(t))]
-    return "\n\n".join(unique)
 
 
 def docstrings(context: int = 32, n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Splits:

@@ -67,8 +67,10 @@ def describe(value: object) -> str:
     if shape is not None:
         dtype = getattr(value, "dtype", None)
         return f"{type(value).__name__} of shape {tuple(shape)}" + (f" and dtype {dtype}" if dtype is not None else "")
-    if isinstance(value, (int, float, bool)) or value is None:
-        return repr(value)
+    if value is None:
+        return "None"
+    if isinstance(value, (int, float, bool)):
+        return f"{value!r} ({type(value).__name__})"
     if isinstance(value, str):
         return repr(value) if len(value) < 80 else repr(value[:77] + "...")
     if isinstance(value, (list, tuple)):

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny data and the plain reference computation every engine path must match."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+# Keep tests independent of a user's cache and fast on 2 cores.
+os.environ.setdefault("LANDSCAPE_CACHE_DIR", os.path.join(os.path.dirname(__file__), ".cache"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+ZOO_INPUTS = {
+    "mlp": ({"width": 12, "depth": 2}, (40,)),
+    "cnn1d": ({"width": 6}, (40,)),
+    "cnn2d": ({"width": 4}, (1, 8, 8)),
+    "resnet": ({"base_width": 4, "norm": "batch"}, (1, 8, 8)),
+    "vit": ({"dim": 16, "depth": 1}, (1, 8, 8)),
+    "gpt": ({"dim": 16, "depth": 1, "context": 8}, None),
+}
+
+
+def zoo_data(name: str, n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random inputs and labels shaped for a zoo model."""
+    g = torch.Generator().manual_seed(seed)
+    if name == "gpt":
+        x = torch.randint(0, 96, (n, 8), generator=g)
+        return x, torch.randint(0, 96, (n, 8), generator=g)
+    shape = ZOO_INPUTS[name][1]
+    return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def reference_metrics(model: torch.nn.Module, state, x: torch.Tensor, y: torch.Tensor, *, bn_x=None, bn_batch=None):
+    """The obviously correct computation: load the state into a copy of the module, forward.
+
+    With ``bn_x``, BatchNorm statistics are first recomputed on ``bn_x`` in batches of
+    ``bn_batch`` (reset, momentum None, train mode), as torch.optim.swa_utils.update_bn does.
+    """
+    module = copy.deepcopy(model)
+    module.load_state_dict(state)
+    if bn_x is not None:
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        module.train()
+        with torch.no_grad():
+            for start in range(0, bn_x.shape[0], bn_batch):
+                module(bn_x[start : start + bn_batch])
+    module.eval()
+    with torch.no_grad():
+        logits = module(x)
+    flat = logits.reshape(-1, logits.shape[-1])
+    loss = torch.nn.functional.cross_entropy(flat.double(), y.reshape(-1)).item()
+    accuracy = (flat.argmax(-1) == y.reshape(-1)).double().mean().item()
+    return loss, accuracy
+
+
+@pytest.fixture(scope="session")
+def mnist1d_small():
+    import landscape as ls
+
+    return ls.datasets.mnist1d(n_train=400, n_test=200)

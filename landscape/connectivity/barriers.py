@@ -12,8 +12,9 @@ kind                    definition                                              
 ======================  ==========================================================  ==========================================
 
 Only alphas in [0, 1] count (extrapolated points are ignored). The two ``max`` forms agree
-when the endpoints have equal values. A NaN or Inf on the path makes the barrier Inf: a
-point where the network diverges is not low.
+when the endpoints have equal values. A NaN or Inf between finite endpoints makes the
+barrier Inf (a point where the network diverges is not low); a non-finite endpoint makes it
+NaN (undefined).
 """
 
 from __future__ import annotations

@@ -78,22 +78,31 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_result(result: xr.Dataset | xr.DataArray, path: str | os.PathLike) -> Path:
+def save_result(result: xr.Dataset | xr.DataArray | Mapping[str, xr.Dataset], path: str | os.PathLike) -> Path:
     """Write a result to netCDF (h5netcdf engine), atomically: a killed write leaves either
-    the old file or the new one, never half a file."""
+    the old file or the new one, never half a file.
+
+    A mapping of Datasets is written as netCDF groups, one per key (read one back with
+    ``load_result(path, group=key)``, or all with ``xarray.open_datatree(path)``).
+    """
     path = Path(path)
     if isinstance(result, xr.DataArray):
         result = result.to_dataset(name=result.name or "value")
-    _atomic_write(path, lambda tmp: result.to_netcdf(tmp, engine="h5netcdf"))
+    if isinstance(result, Mapping):
+        tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in result.items()})
+        _atomic_write(path, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
+    else:
+        _atomic_write(path, lambda tmp: result.to_netcdf(tmp, engine="h5netcdf"))
     return path
 
 
-def load_result(path: str | os.PathLike) -> xr.Dataset:
-    """Read a result written by :func:`save_result` fully into memory."""
+def load_result(path: str | os.PathLike, group: str | None = None) -> xr.Dataset:
+    """Read a result written by :func:`save_result` fully into memory (one group of it when
+    ``group`` is given)."""
     path = Path(path)
     if not path.exists():
         raise bad_argument("load_result", "path", expected="an existing netCDF file", found=repr(str(path)))
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
+    with xr.open_dataset(path, engine="h5netcdf", group=group) as ds:
         return ds.load()
 
 

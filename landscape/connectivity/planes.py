@@ -118,7 +118,8 @@ def plane(
     ds = evaluate(model, family, data, metrics=metrics, bn=bn, batch_size=batch_size, device=device, progress=progress)
     ds = _with_anchors(add_derived(ds), anchors)
     ds.attrs["analysis"] = "plane"
-    ds.attrs["coordinates"] = "distance in parameter space along orthonormal in-plane directions"
+    # not "coordinates": netCDF reserves that attribute name
+    ds.attrs["coordinate_units"] = "distance in parameter space along orthonormal in-plane directions"
     return ds
 
 

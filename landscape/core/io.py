@@ -88,11 +88,15 @@ def save_result(result: xr.Dataset | xr.DataArray | Mapping[str, xr.Dataset], pa
     path = Path(path)
     if isinstance(result, xr.DataArray):
         result = result.to_dataset(name=result.name or "value")
-    if isinstance(result, Mapping):
+    if isinstance(result, xr.Dataset):  # checked first: a Dataset is itself a Mapping
+        _atomic_write(path, lambda tmp: result.to_netcdf(tmp, engine="h5netcdf"))
+    elif isinstance(result, Mapping):
         tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in result.items()})
         _atomic_write(path, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"))
     else:
-        _atomic_write(path, lambda tmp: result.to_netcdf(tmp, engine="h5netcdf"))
+        raise bad_argument(
+            "save_result", "result", expected="a Dataset, a DataArray or a dict of Datasets", found=result
+        )
     return path
 
 

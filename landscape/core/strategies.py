@@ -96,15 +96,37 @@ def run_vmap(job: Job, consume: Consume, points_per_chunk: int) -> None:
         for k in range(k_total):
             params = job.family.state_on(k, job.device)
             bn_buffers.append(_recompute_bn(job, params, lambda p, x: _forward(job.model, p, x)))
+
+    def chunk(idx: list[int]) -> dict[str, Tensor]:
+        stacked = dict(job.family.stacked(idx, job.device))
+        for key in job.bn_keys if bn_buffers else ():
+            stacked[key] = torch.stack([bn_buffers[k][key] for k in idx])
+        return stacked
+
+    points_per_chunk = _largest_fitting_chunk(job, batched, chunk, points_per_chunk)
     for start in range(0, k_total, points_per_chunk):
         idx = list(range(start, min(start + points_per_chunk, k_total)))
-        stacked = dict(job.family.stacked(idx, job.device))
-        if bn_buffers:
-            for key in job.bn_keys:
-                stacked[key] = torch.stack([bn_buffers[k][key] for k in idx])
+        stacked = chunk(idx)
         for split, xb, yb in job.data_batches():
             consume(idx, split, batched(stacked, xb), yb)
             job.tick(len(idx))
+
+
+def _largest_fitting_chunk(job: Job, batched, chunk, points_per_chunk: int) -> int:
+    """Halve the number of points per vmap call until one call on the largest data batch fits
+    in GPU memory (tried before any result is accumulated, so nothing is counted twice)."""
+    if job.device.type != "cuda":
+        return points_per_chunk
+    _, xb, _ = next(job.data_batches())
+    while True:
+        try:
+            batched(chunk(list(range(min(points_per_chunk, len(job.family))))), xb)
+            return points_per_chunk
+        except torch.cuda.OutOfMemoryError:
+            if points_per_chunk == 1:
+                raise
+            points_per_chunk = max(1, points_per_chunk // 2)
+            torch.cuda.empty_cache()
 
 
 # -- affine ----------------------------------------------------------------------------

@@ -276,10 +276,6 @@ class AffineFamily:
                 out[key] = torch.tensordot(w, stacked_basis, dims=([1], [0]))
         return State(out)
 
-    def provenance(self) -> list[dict[str, object]]:
-        """Provenance of every basis state that came from a checkpoint or module."""
-        return [dict(s.provenance) for s in self.basis if s.provenance]
-
 
 def alpha_values(alphas: int | Sequence[float] | np.ndarray, *, function: str) -> np.ndarray:
     """Turn ``alphas`` (a count, or explicit values) into a float64 array of at least 2 values."""

@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from landscape.core.data import Splits, as_splits
+from landscape.core.data import as_splits
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.io import provenance_attrs
@@ -26,6 +26,7 @@ from landscape.core.metrics import loss as loss_metric
 from landscape.core.metrics import model_output_logits
 from landscape.core.progress import progress_bar
 from landscape.core.state import State, as_state, check_compatible, state_of
+from landscape.core.tied import canonical_state, expand_tied, tied_groups
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainResult", "init_state", "lr_at", "train"]
 
@@ -56,9 +57,11 @@ class TrainResult:
 def init_state(model: nn.Module, seed: int) -> State:
     """A fresh initialisation of ``model``'s architecture from ``seed``.
 
-    Zoo models are rebuilt from their spec (the same numbers as ``models.create(..., seed=seed)``);
-    other models call ``reset_parameters()`` on every submodule that has it, in module
-    order, under the seed. Torch's global random state is left untouched.
+    Zoo models are rebuilt from their spec (the same numbers as ``models.create(..., seed=seed)``).
+    Other models call ``reset_parameters()`` (or ``_reset_parameters()``, as
+    ``nn.MultiheadAttention`` names it) on every submodule that has one, in module order,
+    under the seed; a parameter that no such method covers would keep its value across seeds,
+    so that is an error naming it. Torch's global random state is left untouched.
     """
     from landscape.models import from_spec, spec_of
 
@@ -66,12 +69,25 @@ def init_state(model: nn.Module, seed: int) -> State:
     if spec is not None:
         return state_of(from_spec(spec, seed=seed))
     fresh = copy.deepcopy(model)
+    covered: set[int] = set()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         for module in fresh.modules():
-            reset = getattr(module, "reset_parameters", None)
+            reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
             if callable(reset):
                 reset()
+                covered.update(id(p) for p in module.parameters(recurse=False))
+                if not any(True for _ in module.parameters(recurse=False)):
+                    covered.update(id(p) for p in module.parameters())
+    missed = [name for name, p in fresh.named_parameters() if id(p) not in covered]
+    if missed:
+        raise bad_argument(
+            "init_state",
+            "model",
+            expected="a model whose every parameter a reset_parameters() method initialises",
+            found=f"parameters no such method covers: {missed[:6]}",
+            fix="Build the model under torch.manual_seed(seed) yourself and pass start=landscape.state_of(model).",
+        )
     return state_of(fresh)
 
 
@@ -234,9 +250,12 @@ def train(
 
     work = copy.deepcopy(model)
     if start is not None:
-        start_state = as_state(start, function="train", argument="start")
-        check_compatible(work.state_dict(), start_state, function="train", names=("model", "start"))
-        work.load_state_dict(start_state)
+        groups = tied_groups(work)
+        start_state = canonical_state(as_state(start, function="train", argument="start"), groups)
+        check_compatible(
+            canonical_state(work.state_dict(), groups), start_state, function="train", names=("model", "start")
+        )
+        work.load_state_dict(expand_tied(start_state, groups))
     elif init_seed is not None:
         work.load_state_dict(init_state(model, init_seed))
     work.to(device).train()
@@ -249,7 +268,8 @@ def train(
     opt = _optimizer(optimizer, work.parameters(), lr, momentum, weight_decay)
     loss_fn = loss or (lambda logits, y: loss_metric(logits, y).mean())
 
-    x_train = x_train.to(device)
+    dtype = next((p.dtype for p in work.parameters() if p.is_floating_point()), torch.float32)
+    x_train = x_train.to(device=device, dtype=dtype) if x_train.is_floating_point() else x_train.to(device)
     y_train = y_train.to(device)
     order_gen = torch.Generator().manual_seed(int(data_seed))
     checkpoints: dict[int, State] = {}
@@ -277,7 +297,8 @@ def train(
             total_loss = total_acc = 0.0
             x, y = eval_pair
             for s in range(0, x.shape[0], 1024):
-                logits = model_output_logits(work(x[s : s + 1024].to(device)))
+                xb = x[s : s + 1024].to(device)
+                logits = model_output_logits(work(xb.to(dtype) if xb.is_floating_point() else xb))
                 yb = y[s : s + 1024].to(device)
                 total_loss += float(loss_metric(logits, yb).sum())
                 total_acc += float(accuracy_metric(logits, yb).sum())
@@ -354,7 +375,7 @@ def train(
         init_seed=init_seed,
         data_seed=data_seed,
         masked=bool(masks),
-        data=getattr(splits, "name", "data") if isinstance(splits, Splits) else "data",
+        data=splits.name,
     )
     work.eval()
     return TrainResult(state=snapshot(total), checkpoints=checkpoints, history=history)

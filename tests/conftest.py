@@ -35,20 +35,36 @@ def zoo_data(name: str, n: int = 48, seed: int = 0) -> tuple[torch.Tensor, torch
 def reference_metrics(model: torch.nn.Module, state, x: torch.Tensor, y: torch.Tensor, *, bn_x=None, bn_batch=None):
     """The obviously correct computation: load the state into a copy of the module, forward.
 
-    With ``bn_x``, BatchNorm statistics are first recomputed on ``bn_x`` in batches of
-    ``bn_batch`` (reset, momentum None, train mode), as torch.optim.swa_utils.update_bn does.
+    With ``bn_x``, BatchNorm statistics are first recomputed by hand: the model runs in train
+    mode on batches of ``bn_batch`` examples, a hook records each BN layer's input, and its
+    running mean and variance become the example-weighted averages of the batch means and
+    unbiased batch variances.
     """
     module = copy.deepcopy(model)
     module.load_state_dict(state)
     if bn_x is not None:
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
+        layers = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        sums = {id(m): [0.0, 0.0, 0] for m in layers}
+
+        def record(m, args):
+            inp = args[0].double()
+            dims = [0, *range(2, inp.dim())]
+            entry = sums[id(m)]
+            entry[0] = entry[0] + inp.mean(dim=dims) * args[0].shape[0]
+            entry[1] = entry[1] + inp.var(dim=dims, unbiased=True) * args[0].shape[0]
+            entry[2] += args[0].shape[0]
+
+        hooks = [m.register_forward_pre_hook(record) for m in layers]
         module.train()
         with torch.no_grad():
             for start in range(0, bn_x.shape[0], bn_batch):
                 module(bn_x[start : start + bn_batch])
+        for h in hooks:
+            h.remove()
+        for m in layers:
+            total_mean, total_var, count = sums[id(m)]
+            m.running_mean.copy_(total_mean / count)
+            m.running_var.copy_(total_var / count)
     module.eval()
     with torch.no_grad():
         logits = module(x)

@@ -22,7 +22,9 @@ ALLOWED = {
 def _imports(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("landscape."):
+        if isinstance(node, ast.ImportFrom) and node.module == "landscape":
+            found.update(alias.name for alias in node.names)  # from landscape import plot
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("landscape."):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
             for alias in node.names:

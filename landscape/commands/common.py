@@ -13,9 +13,14 @@ from landscape.core.errors import bad_argument
 DATASETS = ("mnist1d", "digits", "docstrings")
 
 
-def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "mnist1d") -> None:
-    parser.add_argument("--data", default=default, choices=DATASETS, help="offline dataset (default: %(default)s)")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the dataset draw/split")
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        default=None,
+        choices=DATASETS,
+        help="offline dataset (default: the one stored in the checkpoint, else mnist1d)",
+    )
+    parser.add_argument("--data-seed", type=int, default=None, help="seed of the dataset draw/split (default 0)")
     parser.add_argument("--n-train", type=int, default=None, help="training examples (mnist1d, docstrings)")
     parser.add_argument("--n-test", type=int, default=None, help="test examples (mnist1d, docstrings)")
 
@@ -26,23 +31,39 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def load_data(args: argparse.Namespace):
+def load_data(args: argparse.Namespace, states: Sequence = ()):
+    """The dataset named by ``--data``, else the one the first checkpoint was trained on
+    (``landscape train`` stores it), else mnist1d; sizes and seed likewise."""
     from landscape import datasets
 
+    stored: dict = {}
+    for state in states:
+        meta = state.provenance.get("metadata", {}) if state.provenance else {}
+        if meta.get("data") in DATASETS:
+            stored = {"name": meta["data"], **(meta.get("data_meta") or {})}
+            break
+    name = args.data or stored.get("name", "mnist1d")
+    seed = args.data_seed if args.data_seed is not None else int(stored.get("seed", 0))
     sizes = {}
-    if args.n_train is not None:
-        sizes["n_train"] = args.n_train
-    if args.n_test is not None:
-        sizes["n_test"] = args.n_test
-    if args.data == "mnist1d":
-        return datasets.mnist1d(seed=args.data_seed, **sizes)
-    if args.data == "digits":
-        if sizes:
+    for key in ("n_train", "n_test"):
+        value = getattr(args, key)
+        if value is None and name == stored.get("name") and key in stored:
+            value = int(stored[key])
+        if value is not None:
+            sizes[key] = value
+    if name == "mnist1d":
+        return datasets.mnist1d(seed=seed, **sizes)
+    if name == "digits":
+        if args.n_train is not None or args.n_test is not None:
             raise bad_argument(
-                "landscape", "--n-train/--n-test", expected="no sizes for digits (fixed at 1,797)", found=str(sizes)
+                "landscape",
+                "--n-train/--n-test",
+                expected="no sizes for digits (fixed at 1,797)",
+                found=str(sizes),
+                fix="Leave --n-train and --n-test out for digits.",
             )
-        return datasets.digits(seed=args.data_seed)
-    return datasets.docstrings(seed=args.data_seed, **sizes)
+        return datasets.digits(seed=seed)
+    return datasets.docstrings(seed=seed, **sizes)
 
 
 def model_for(spec: str | None, data, states: Sequence = ()) -> torch.nn.Module:

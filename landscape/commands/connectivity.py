@@ -74,8 +74,8 @@ def _finish(args: argparse.Namespace, result, draw) -> None:
 def _states(args: argparse.Namespace, paths: list[str]):
     import landscape as ls
 
-    data = load_data(args)
     states = [ls.load_state(p) for p in paths]
+    data = load_data(args, states)
     return data, states, model_for(args.model, data, states)
 
 
@@ -150,13 +150,22 @@ def run_instability(args: argparse.Namespace) -> int:
     import landscape as ls
     from landscape import connectivity, plot
 
-    data = load_data(args)
     options = {"epochs": args.epochs, "lr": args.lr}
     if args.checkpoints:
         states = [ls.load_state(p) for p in args.checkpoints]
+        data = load_data(args, states)
         model = model_for(args.model, data, states)
-        starts = {i: s for i, s in enumerate(states)}
+        # The step a checkpoint was saved at labels it; files without one are numbered in order.
+        steps = [s.provenance.get("metadata", {}).get("step") for s in states]
+        if None in steps or len(set(steps)) != len(steps):
+            steps = list(range(len(states)))
+            print(
+                "steps label the checkpoints in the order given: "
+                + ", ".join(f"{i} = {p}" for i, p in enumerate(args.checkpoints))
+            )
+        starts = dict(zip(steps, states))
     else:
+        data = load_data(args)
         model = model_for(args.model or "mlp:width=128,depth=2", data)
         steps = sorted({int(s) for s in args.steps.split(",")})
         parent = ls.train(

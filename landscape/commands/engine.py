@@ -99,8 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     import landscape as ls
 
-    data = load_data(args)
     states = [ls.load_state(p) for p in args.checkpoints]
+    data = load_data(args, states)
     model = model_for(args.model, data, states)
     points = {Path(p).name: s for p, s in zip(args.checkpoints, states)}
     result = ls.evaluate(

@@ -8,7 +8,7 @@ kind                    definition                                              
 ``"max_minus_mean"``    ``max_alpha L(alpha) - (L(0) + L(1)) / 2``                  Ainsworth et al. 2023 (Git Re-Basin);
                                                                                     Frankle et al. 2020 (error barrier height)
 ``"midpoint"``          ``L(0.5) - (L(0) + L(1)) / 2``                              Jordan et al. 2023 (REPAIR)
-``"linear"``            ``max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]``  Entezari et al. 2022; Frankle et al. 2020
+``"linear"``            ``max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]``  Entezari et al. 2022
 ======================  ==========================================================  ==========================================
 
 Only alphas in [0, 1] count (extrapolated points are ignored). The two ``max`` forms agree

@@ -13,12 +13,11 @@ from torch import Tensor, nn
 from landscape.connectivity.barriers import barrier
 from landscape.connectivity.interpolation import interpolate
 from landscape.core.errors import bad_argument
+from landscape.core.io import to_json
 from landscape.core.state import as_state
 from landscape.training import train as train_model
 
-__all__ = ["DEFAULT_TRAIN", "instability", "instability_sweep"]
-
-DEFAULT_TRAIN: dict[str, object] = {"epochs": 10, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 128}
+__all__ = ["instability", "instability_sweep"]
 
 
 def instability(
@@ -51,8 +50,8 @@ def instability(
     seeds
         Two data-order seeds.
     train
-        Keyword arguments for :func:`landscape.train` (epochs, lr, optimizer, ...);
-        default ``DEFAULT_TRAIN``.
+        Keyword arguments for :func:`landscape.train` (epochs or steps, lr, optimizer, ...);
+        its defaults when None.
     alphas
         Interpolation points between the children.
     kind
@@ -71,7 +70,7 @@ def instability(
         raise bad_argument("instability", "seeds", expected="two different data-order seeds", found=repr(tuple(seeds)))
     if not 0 < threshold < 1:
         raise bad_argument("instability", "threshold", expected="a fraction in (0, 1)", found=repr(threshold))
-    options = dict(DEFAULT_TRAIN if train is None else train)
+    options = dict(train or {})
     for reserved in ("start", "data_seed", "init_seed"):
         if reserved in options:
             raise bad_argument(
@@ -95,7 +94,7 @@ def instability(
         seeds=list(map(int, seeds)),
         threshold=threshold,
         barrier_kind=kind,
-        train=_json(options),
+        train=to_json(options),
     )
     return curve
 
@@ -104,6 +103,9 @@ def instability_sweep(
     model: nn.Module,
     checkpoints: Mapping[int, Mapping[str, Tensor]],
     data: object,
+    *,
+    total_steps: int | None = None,
+    train: Mapping[str, object] | None = None,
     **options: object,
 ) -> xr.Dataset:
     """:func:`instability` at several training steps.
@@ -112,8 +114,13 @@ def instability_sweep(
     ----------
     checkpoints
         States by training step (e.g. ``train(..., checkpoint_steps=...).checkpoints``).
+    total_steps
+        Frankle et al.'s protocol: the children of the state at step k train for the
+        remaining ``total_steps - k`` steps. Without it, every child trains as ``train`` says.
+    train
+        Keyword arguments for :func:`landscape.train`.
     **options
-        Passed to :func:`instability`.
+        Passed to :func:`instability` (seeds, alphas, kind, threshold, bn, device, progress).
 
     Returns
     -------
@@ -123,15 +130,30 @@ def instability_sweep(
         over (``step``, ``split``).
     """
     if not checkpoints:
-        raise bad_argument("instability_sweep", "checkpoints", expected="at least one step", found="none")
+        raise bad_argument(
+            "instability_sweep",
+            "checkpoints",
+            expected="at least one step",
+            found="none",
+            fix="Pass e.g. landscape.train(..., checkpoint_steps=[0, 100]).checkpoints.",
+        )
     steps = sorted(int(s) for s in checkpoints)
-    results = [instability(model, checkpoints[s], data, **options) for s in steps]
+    if total_steps is not None and total_steps <= steps[-1]:
+        raise bad_argument(
+            "instability_sweep",
+            "total_steps",
+            expected=f"more than the last step ({steps[-1]})",
+            found=repr(total_steps),
+        )
+    results = []
+    for step in steps:
+        child_training = dict(train or {})
+        if total_steps is not None:
+            child_training.pop("epochs", None)
+            child_training["steps"] = total_steps - step
+        results.append(instability(model, checkpoints[step], data, train=child_training, **options))
     combined = xr.concat(results, dim="step", combine_attrs="drop_conflicts").assign_coords(step=np.array(steps))
     combined.attrs["analysis"] = "instability_sweep"
+    if total_steps is not None:
+        combined.attrs["total_steps"] = total_steps
     return combined
-
-
-def _json(value: object) -> str:
-    import json
-
-    return json.dumps(value, default=str, sort_keys=True)

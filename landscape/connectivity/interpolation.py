@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from landscape.core.errors import bad_argument
 from landscape.core.evaluate import evaluate
 from landscape.core.family import AffineFamily
-from landscape.core.io import checkpoint_record
+from landscape.core.io import checkpoint_record, to_json
 from landscape.core.metrics import Metric
 from landscape.core.state import State, as_state, check_compatible
+from landscape.core.strategies import DEFAULT_BN_BATCH_SIZE
 
 __all__ = ["Correction", "interpolate"]
 
@@ -41,6 +42,7 @@ def interpolate(
     *,
     alphas: int | Sequence[float] | np.ndarray = 25,
     bn: str = "keep",
+    bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
     correct: Correction | None = None,
     metrics: str | Metric | Sequence[str | Metric] = ("loss", "accuracy"),
     batch_size: int | None = None,
@@ -68,7 +70,7 @@ def interpolate(
         Optional ``correct(model, state, alpha) -> state`` applied at every alpha before
         evaluation, e.g. ``landscape.alignment.repair(...)``; points are then evaluated as a
         list rather than as a lazy line.
-    metrics, batch_size, device, progress
+    bn_batch_size, metrics, batch_size, device, progress
         As in :func:`landscape.evaluate`.
 
     Returns
@@ -106,20 +108,22 @@ def interpolate(
         ]
         points = AffineFamily.points(corrected, labels=values)
     curve = evaluate(
-        model, points, data, metrics=metrics, bn=bn, batch_size=batch_size, device=device, progress=progress
+        model,
+        points,
+        data,
+        metrics=metrics,
+        bn=bn,
+        bn_batch_size=bn_batch_size,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
     )
     if correct is not None:
         curve = curve.rename({"point": "alpha"})
     curve = add_derived(curve)
     curve.attrs.update(
         analysis="interpolation",
-        endpoints=_json([checkpoint_record(a), checkpoint_record(b)]),
+        endpoints=to_json([checkpoint_record(a), checkpoint_record(b)]),
         correction=getattr(correct, "name", type(correct).__name__) if correct is not None else "none",
     )
     return curve
-
-
-def _json(value: object) -> str:
-    import json
-
-    return json.dumps(value, default=str, sort_keys=True)

@@ -19,7 +19,18 @@ from landscape.core.errors import bad_argument
 from landscape.core.evaluate import evaluate
 from landscape.core.family import AffineFamily
 from landscape.core.metrics import Metric
-from landscape.core.state import State, as_state, check_compatible, dot, norm, random_direction, scale, sub
+from landscape.core.state import (
+    State,
+    as_state,
+    check_compatible,
+    dot,
+    norm,
+    parameter_keys,
+    random_direction,
+    scale,
+    sub,
+)
+from landscape.core.strategies import DEFAULT_BN_BATCH_SIZE
 
 __all__ = ["plane", "plane_basis", "random_line", "random_plane"]
 
@@ -29,6 +40,9 @@ def plane_basis(
 ) -> tuple[State, State, dict[str, tuple[float, float]]]:
     """Orthonormal in-plane directions through ``a``, ``b``, ``c`` (Gram-Schmidt, float64
     inner products) and the coordinates of the three states in that basis.
+
+    Inner products and norms run over the weights (:func:`~landscape.core.state.parameter_keys`),
+    not BatchNorm running statistics.
 
     Returns
     -------
@@ -42,17 +56,23 @@ def plane_basis(
     c = as_state(c, function="plane", argument="c")
     check_compatible(a, b, function="plane", names=("a", "b"))
     check_compatible(a, c, function="plane", names=("a", "c"))
+    # Distances and angles over the weights only: BatchNorm running statistics are not
+    # coordinates of weight space (they can be an eighth of |b - a|^2). The directions still
+    # carry them, so a + x u + y v reproduces b and c in every entry.
+    keys = parameter_keys(a)
     u = sub(b, a)
-    length_u = norm(u)
+    length_u = norm(u, keys=keys)
     if length_u == 0:
-        raise bad_argument("plane", "b", expected="a state different from a", found="b equal to a")
+        raise bad_argument(
+            "plane", "b", expected="a state different from a", found="b equal to a", fix="Pass three different states."
+        )
     u = scale(u, 1.0 / length_u)
     w = sub(c, a)
-    along = dot(w, u)
+    along = dot(w, u, keys=keys)
     v = sub(w, scale(u, along))
-    length_v = norm(v)
+    length_v = norm(v, keys=keys)
     # float32 states carry ~1e-7 relative rounding: anything within 1e-5 of the line is on it.
-    if length_v <= 1e-5 * max(length_u, norm(w)):
+    if length_v <= 1e-5 * max(length_u, norm(w, keys=keys)):
         raise bad_argument("plane", "c", expected="a state off the line through a and b", found="c on that line")
     v = scale(v, 1.0 / length_v)
     anchors = {"a": (0.0, 0.0), "b": (length_u, 0.0), "c": (along, length_v)}
@@ -89,6 +109,7 @@ def plane(
     resolution: int = 21,
     margin: float = 0.2,
     bn: str = "keep",
+    bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
     metrics: str | Metric | Sequence[str | Metric] = ("loss", "accuracy"),
     batch_size: int | None = None,
     device: str | torch.device = "auto",
@@ -115,7 +136,17 @@ def plane(
     alphas = _span([p[0] for p in anchors.values()], margin, resolution)
     betas = _span([p[1] for p in anchors.values()], margin, resolution)
     family = AffineFamily.grid(as_state(a), (u, v), alphas, betas)
-    ds = evaluate(model, family, data, metrics=metrics, bn=bn, batch_size=batch_size, device=device, progress=progress)
+    ds = evaluate(
+        model,
+        family,
+        data,
+        metrics=metrics,
+        bn=bn,
+        bn_batch_size=bn_batch_size,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     ds = _with_anchors(add_derived(ds), anchors)
     ds.attrs["analysis"] = "plane"
     # not "coordinates": netCDF reserves that attribute name
@@ -138,6 +169,7 @@ def random_plane(
     ignore: Sequence[str] = ("bias", "bn"),
     seed: int = 0,
     bn: str = "keep",
+    bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
     metrics: str | Metric | Sequence[str | Metric] = ("loss", "accuracy"),
     batch_size: int | None = None,
     device: str | torch.device = "auto",
@@ -162,7 +194,17 @@ def random_plane(
     directions = _random_directions(state, 2, normalization, ignore, seed)
     grid = np.linspace(-span, span, resolution)
     family = AffineFamily.grid(state, directions, grid, grid)
-    ds = evaluate(model, family, data, metrics=metrics, bn=bn, batch_size=batch_size, device=device, progress=progress)
+    ds = evaluate(
+        model,
+        family,
+        data,
+        metrics=metrics,
+        bn=bn,
+        bn_batch_size=bn_batch_size,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     ds = _with_anchors(add_derived(ds), {"origin": (0.0, 0.0)})
     ds.attrs.update(analysis="random_plane", normalization=str(normalization), ignore=",".join(ignore), seed=seed)
     return ds
@@ -179,6 +221,7 @@ def random_line(
     ignore: Sequence[str] = ("bias", "bn"),
     seed: int = 0,
     bn: str = "keep",
+    bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
     metrics: str | Metric | Sequence[str | Metric] = ("loss", "accuracy"),
     batch_size: int | None = None,
     device: str | torch.device = "auto",
@@ -199,7 +242,17 @@ def random_line(
     (direction,) = _random_directions(state, 1, normalization, ignore, seed)
     alphas = np.linspace(-span, span, resolution)
     family = AffineFamily(state, [direction], alphas[:, None], dims=("alpha",), coords={"alpha": alphas})
-    ds = evaluate(model, family, data, metrics=metrics, bn=bn, batch_size=batch_size, device=device, progress=progress)
+    ds = evaluate(
+        model,
+        family,
+        data,
+        metrics=metrics,
+        bn=bn,
+        bn_batch_size=bn_batch_size,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     ds = add_derived(ds)
     ds.attrs.update(analysis="random_line", normalization=str(normalization), ignore=",".join(ignore), seed=seed)
     return ds

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from landscape.core.errors import CheckpointError, bad_argument
-from landscape.core.state import State, as_state, check_compatible, content_hash, state_of
+from landscape.core.state import State, as_state, check_compatible, record_hash, state_of
+from landscape.core.tied import canonical_state, tied_groups
 
 __all__ = ["load_state", "save_state"]
 
@@ -75,19 +76,35 @@ def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, object]]
     return tensors, meta
 
 
+def _numpy_safe_globals() -> list[object]:
+    """numpy scalars and dtypes: plain data that training scripts often store next to the
+    weights (``epoch``, ``best_acc``); rebuilding them runs no code of the file's choosing."""
+    import numpy as np
+
+    try:
+        scalar = np._core.multiarray.scalar  # numpy >= 2
+    except AttributeError:  # pragma: no cover - numpy 1.x
+        scalar = np.core.multiarray.scalar
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)]
+    return [scalar, np.dtype, *dtypes]
+
+
 def _load_torch(path: Path) -> dict[str, Tensor]:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(err))
-        detail = found.group(0) if found else str(err).split("\n")[0][:200]
+        # Quote only the offending global: torch's own message suggests weights_only=False.
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL [\w.]+", str(err))
+        detail = found.group(0) if found else "objects other than tensors"
         raise _error(
             path,
             "a checkpoint of tensors (a state dict)",
             f"{str(path)!r}, a pickle that carries code ({detail}); torch.load(weights_only=True) refuses to run it",
-            "If you trust the file, convert it once: "
-            "torch.save(torch.load(path, weights_only=False).state_dict(), 'clean.pt') "
-            "or landscape.save_state(model.state_dict(), 'clean.safetensors').",
+            "If you trust the file, convert it once where it is safe to run its code: load it with "
+            "torch.load(path, weights_only=False), then save only the tensors, e.g. "
+            "landscape.save_state(model.state_dict(), 'clean.safetensors') or "
+            "landscape.save_state({k: v for k, v in checkpoint['state_dict'].items()}, 'clean.safetensors').",
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise _error(
@@ -149,6 +166,22 @@ def _load_gguf(path: Path) -> dict[str, Tensor]:
             path, "the lm extra to read GGUF files", "transformers/gguf not installed", "pip install 'landscape[lm]'."
         ) from err
     return dict(load_gguf_checkpoint(str(path), return_tensors=True)["tensors"])
+
+
+def _match_prefix(tensors: dict[str, Tensor], model: nn.Module, provenance: dict[str, object]) -> dict[str, Tensor]:
+    """Drop one leading name component shared by every key (``model.`` of Lightning modules,
+    ``backbone.`` ...) when that, and only that, makes the keys the model's."""
+    expected = set(model.state_dict())
+    if set(tensors) <= expected or not tensors:
+        return tensors
+    heads = {k.split(".", 1)[0] for k in tensors}
+    if len(heads) == 1 and all("." in k for k in tensors):
+        (head,) = heads
+        stripped = {k.split(".", 1)[1]: v for k, v in tensors.items()}
+        if set(stripped) <= expected:
+            provenance["stripped_prefix"] = f"{head}."
+            return stripped
+    return tensors
 
 
 def _strip_prefix(tensors: dict[str, Tensor], provenance: dict[str, object]) -> dict[str, Tensor]:
@@ -243,9 +276,17 @@ def load_state(
             cls=CheckpointError,
         )
 
+    if model is not None:
+        tensors = _match_prefix(tensors, model, provenance)
     state = State(tensors, provenance=provenance)
     if model is not None:
-        check_compatible(model.state_dict(), state, function="load_state", names=("model", "checkpoint"))
+        groups = tied_groups(model)
+        check_compatible(
+            canonical_state(model.state_dict(), groups),
+            canonical_state(state, groups),
+            function="load_state",
+            names=("model", "checkpoint"),
+        )
     if not allow_nonfinite:
         bad = {
             k: int((~torch.isfinite(t)).sum())
@@ -262,7 +303,7 @@ def load_state(
                 fix="Pass allow_nonfinite=True to load it anyway (e.g. to study a diverged run).",
                 cls=CheckpointError,
             )
-    state.provenance["sha256"] = content_hash(state)
+    record_hash(state)
     return state
 
 

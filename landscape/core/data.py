@@ -94,8 +94,16 @@ def _as_tensor(value: object, *, function: str, argument: str, labels: bool) -> 
                     found=f"non-integer floats such as {value.reshape(-1)[0].item()}",
                     fix="Pass class indices (e.g. y.long()); regression targets are not supported by the default metrics.",
                 )
+        if value.numel() and int(value.min()) < 0:
+            raise bad_argument(
+                function,
+                argument,
+                expected="class indices >= 0",
+                found=f"negative labels such as {int(value.min())} (-100 is the ignore index of padded sequences)",
+                fix="Remove padded positions, or pass a custom metric that masks them.",
+            )
         return value.long()
-    return value.float() if value.dtype in (torch.float64, torch.float16, torch.bfloat16) else value
+    return value  # evaluate and train cast inputs to the model's dtype
 
 
 def _pair(value: object, *, function: str, argument: str) -> Pair:

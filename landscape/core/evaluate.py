@@ -18,11 +18,20 @@ from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.family import AffineFamily, as_family
 from landscape.core.io import checkpoint_record, provenance_attrs
-from landscape.core.metrics import Metric, batch_sum, resolve_metrics
+from landscape.core.metrics import Metric, batch_sum, model_output_logits, resolve_metrics
 from landscape.core.progress import progress_bar
 from landscape.core.spec import spec_of
 from landscape.core.state import check_compatible
-from landscape.core.strategies import STRATEGIES, Job, find_first_layer, run_affine, run_loop, run_vmap
+from landscape.core.strategies import (
+    DEFAULT_BN_BATCH_SIZE,
+    STRATEGIES,
+    Job,
+    find_first_layer,
+    run_affine,
+    run_loop,
+    run_vmap,
+)
+from landscape.core.tied import canonical_state, tied_groups
 
 __all__ = ["evaluate"]
 
@@ -93,6 +102,7 @@ def evaluate(
     batch_size: int | None = None,
     bn: str = "keep",
     bn_data: object = None,
+    bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
     device: str | torch.device = "auto",
     strategy: str = "auto",
     points_per_chunk: int | None = None,
@@ -129,6 +139,10 @@ def evaluate(
         batches of ``batch_size``.
     bn_data
         Inputs (or an ``(x, y)`` pair) for ``bn="reset"``.
+    bn_batch_size
+        Batch size of the statistics pass of ``bn="reset"``: BatchNorm normalises each batch
+        with its own statistics, so the result depends on it (not on ``batch_size``). The
+        running statistics are the example-weighted averages of the batch statistics.
     device
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     strategy
@@ -163,16 +177,27 @@ def evaluate(
             found=model,
             fix="Build one with landscape.models.create(...) or pass your own module.",
         )
-    family = as_family(points, function="evaluate", argument="points")
+    # Tied weights: keep one key per group, so checkpoints that store one of them (Hugging
+    # Face does) fit, and functional_call gets one value per shared tensor.
+    groups = tied_groups(model)
+    family = as_family(
+        points,
+        function="evaluate",
+        argument="points",
+        prepare=(lambda s: canonical_state(s, groups)) if groups else None,
+    )
     splits, single = as_splits(data, function="evaluate", argument="data")
     metric_fns = resolve_metrics(metrics, function="evaluate")
     if bn not in BN_POLICIES:
         raise bad_argument("evaluate", "bn", expected="'keep' or 'reset'", found=repr(bn))
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise bad_argument("evaluate", "batch_size", expected="a positive integer", found=repr(batch_size))
+    for name, value in (("batch_size", batch_size), ("bn_batch_size", bn_batch_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise bad_argument("evaluate", name, expected="a positive integer", found=repr(value))
     device = resolve_device(device, function="evaluate")
 
-    check_compatible(model.state_dict(), family.basis[0], function="evaluate", names=("model", "points"))
+    check_compatible(
+        canonical_state(model.state_dict(), groups), family.basis[0], function="evaluate", names=("model", "points")
+    )
     work = copy.deepcopy(model).to(device).eval()
     dtype = _input_dtype(family)
     on_device = {
@@ -191,8 +216,19 @@ def evaluate(
         else:
             bn_inputs = _bn_inputs(bn_data, splits, device, dtype)
 
-    job = Job(work, family, on_device, batch_size or DEFAULT_BATCH_SIZE, device, bn_keys, bn_inputs, lambda n: None)
+    job = Job(
+        work,
+        family,
+        on_device,
+        batch_size or DEFAULT_BATCH_SIZE,
+        device,
+        bn_keys,
+        bn_inputs,
+        lambda n: None,
+        bn_batch_size,
+    )
     sample = next(iter(on_device.values()))[0][:2]
+    _check_data_fits(work, family, sample)
     chosen, extra = _choose_strategy(strategy, job, sample)
     if batch_size is None and chosen == "affine":
         job.batch_size = _cache_sized_batch(work, family, on_device, device)
@@ -231,16 +267,34 @@ def evaluate(
     attrs = provenance_attrs(
         model=_model_description(model),
         checkpoints=[checkpoint_record(s) for s in family.basis if s.provenance],
-        data=_data_description(splits, single),
+        data=_data_description(splits),
         metrics=list(metric_fns),
         strategy=chosen,
         device=str(device),
         bn=bn,
         bn_note=bn_note,
         bn_examples=int(bn_inputs.shape[0]) if bn_inputs is not None else None,
+        bn_batch_size=bn_batch_size if bn_inputs is not None else None,
         batch_size=job.batch_size,
     )
     return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def _check_data_fits(model: nn.Module, family: AffineFamily, sample: Tensor) -> None:
+    """One forward pass on two examples, so that data of the wrong shape fails with a message
+    that names the data rather than a layer deep inside the model."""
+    try:
+        with torch.no_grad():
+            model_output_logits(functional_call(model, family.state_on(0, sample.device), (sample,)))
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        raise bad_argument(
+            "evaluate",
+            "data",
+            expected="inputs the model accepts",
+            found=f"inputs of shape {tuple(sample.shape[1:])} per example, on which the model fails "
+            f"({type(err).__name__}: {str(err).splitlines()[0]})",
+            fix="Check that the data is the dataset the model was built for.",
+        ) from err
 
 
 def _cache_sized_batch(
@@ -253,11 +307,12 @@ def _cache_sized_batch(
 
     def _widest(out: object) -> None:
         if isinstance(out, Tensor) and out.dim() > 0:
-            sizes.append(out[0].numel() * out.element_size())
+            sizes.append(out[0].numel() * out.element_size())  # per example
 
     try:
         with torch.no_grad():
-            functional_call(model, family.state_on(0, device), (next(iter(splits.values()))[0][:1],))
+            # Two examples: BatchNorm without running statistics cannot normalise one.
+            functional_call(model, family.state_on(0, device), (next(iter(splits.values()))[0][:2],))
     finally:
         for h in hooks:
             h.remove()
@@ -287,6 +342,6 @@ def _bn_inputs(bn_data: object, splits: Splits, device: torch.device, dtype: tor
     return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
 
 
-def _data_description(splits: Splits, single: bool) -> dict[str, object]:
+def _data_description(splits: Splits) -> dict[str, object]:
     sizes = {name: int(y.shape[0]) for name, (_, y) in splits.items()}
     return {"name": splits.name, "sizes": sizes, **({"meta": splits.meta} if splits.meta else {})}

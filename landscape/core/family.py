@@ -11,7 +11,7 @@ weights directly (a first layer that is linear in its parameters needs M product
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor
 from landscape.core.errors import bad_argument, describe
 from landscape.core.state import State, as_state, check_compatible, sub
 
-__all__ = ["AffineFamily", "as_family"]
+__all__ = ["AffineFamily", "as_family", "combine"]
 
 
 class AffineFamily:
@@ -170,6 +170,12 @@ class AffineFamily:
             raise bad_argument("AffineFamily.points", "labels", expected=f"{k} labels", found=labels)
         return cls._from_basis(basis, torch.eye(k, dtype=torch.float64), ("point",), coords, anchors=tuple(range(k)))
 
+    def with_basis(self, basis: Sequence[State]) -> AffineFamily:
+        """The same points over transformed basis states (e.g. with tied keys merged)."""
+        return AffineFamily._from_basis(
+            tuple(basis), self.weights, self.dims, self.coords, anchors=self.anchors, coefficients=self._coefficients
+        )
+
     # -- views ------------------------------------------------------------------------------
     def __len__(self) -> int:
         return int(self.weights.shape[0])
@@ -225,31 +231,21 @@ class AffineFamily:
         """Point ``k`` built directly on ``device`` (only the entries ``keys`` when given).
 
         Costs one multiply-add per basis state with a non-zero weight, so a point that is a
-        basis state is a lookup and a line point takes two terms.
+        basis state is a lookup and a line point takes one ``torch.lerp``.
         """
         basis = self.device_basis(device)
-        row = self.weights[k]
-        nonzero = torch.nonzero(row).reshape(-1).tolist()
-        anchor = max(self.anchors, key=lambda m: float(row[m]))
+        row = self.weights[k].tolist()
+        anchor = self.anchor_of(row)
         out: dict[str, Tensor] = {}
         for key in keys if keys is not None else basis:
             stacked = basis[key]
-            if not (stacked.is_floating_point() or stacked.is_complex()):
-                out[key] = stacked[anchor]
-            elif len(nonzero) == 1 and float(row[nonzero[0]]) == 1.0:
-                out[key] = stacked[nonzero[0]]
-            elif not nonzero:
-                out[key] = torch.zeros_like(stacked[0])
-            elif len(nonzero) == 2 and float(row[nonzero[0]]) + float(row[nonzero[1]]) == 1.0:
-                # torch.lerp is exact at both ends and returns x when x == y, so a model
-                # interpolated with itself stays bit-identical (barrier exactly 0).
-                out[key] = torch.lerp(stacked[nonzero[0]], stacked[nonzero[1]], float(row[nonzero[1]]))
-            else:
-                acc = stacked[nonzero[0]] * float(row[nonzero[0]])
-                for m in nonzero[1:]:
-                    acc = acc.add(stacked[m], alpha=float(row[m]))
-                out[key] = acc
+            out[key] = combine(stacked, row) if stacked.is_floating_point() or stacked.is_complex() else stacked[anchor]
         return out
+
+    def anchor_of(self, row: Sequence[float]) -> int:
+        """The basis state that integer entries come from: the anchor with the largest
+        weight, the later one on a tie (so alpha = 0.5 on a line takes ``b``, as ``lerp``)."""
+        return max(reversed(self.anchors), key=lambda m: row[m])
 
     def stacked(self, indices: Sequence[int], device: torch.device | str = "cpu") -> State:
         """Points ``indices`` as one State with a leading point axis, built on ``device``."""
@@ -259,7 +255,7 @@ class AffineFamily:
         rows = self.weights[idx]
         one_hot = bool(((rows == 0) | (rows == 1)).all() and (rows.sum(dim=1) == 1).all())
         picks = rows.argmax(dim=1).to(device)
-        anchors = torch.tensor([max(self.anchors, key=lambda m: float(r[m])) for r in rows], device=device)
+        anchors = torch.tensor([self.anchor_of(r) for r in rows.tolist()], device=device)
         is_line = rows.shape[1] == 2 and bool((rows.sum(dim=1) == 1).all())
         out: dict[str, Tensor] = {}
         for key, stacked_basis in basis.items():
@@ -275,6 +271,27 @@ class AffineFamily:
                 w = rows.to(device=device, dtype=stacked_basis.dtype)
                 out[key] = torch.tensordot(w, stacked_basis, dims=([1], [0]))
         return State(out)
+
+
+def combine(stacked: Tensor, row: Sequence[float]) -> Tensor:
+    """``sum_m row[m] * stacked[m]`` for a stack of M tensors, as fused multiply-adds.
+
+    A basis state is returned as is; two weights that sum to 1 use ``torch.lerp``, which is
+    exact at both ends and returns ``x`` when ``x == y`` (a model interpolated with itself
+    stays bit-identical, so its barrier is exactly 0). A (1 x M) @ (M x n) matrix product
+    would be a poor kernel for this on the CPU (measured 10x slower).
+    """
+    nonzero = [m for m, w in enumerate(row) if w != 0.0]
+    if not nonzero:
+        return torch.zeros_like(stacked[0])
+    if len(nonzero) == 1 and row[nonzero[0]] == 1.0:
+        return stacked[nonzero[0]]
+    if len(nonzero) == 2 and row[nonzero[0]] + row[nonzero[1]] == 1.0:
+        return torch.lerp(stacked[nonzero[0]], stacked[nonzero[1]], row[nonzero[1]])
+    acc = stacked[nonzero[0]] * row[nonzero[0]]
+    for m in nonzero[1:]:
+        acc.add_(stacked[m], alpha=row[m])
+    return acc
 
 
 def alpha_values(alphas: int | Sequence[float] | np.ndarray, *, function: str) -> np.ndarray:
@@ -293,27 +310,38 @@ def alpha_values(alphas: int | Sequence[float] | np.ndarray, *, function: str) -
     return values
 
 
-def as_family(points: object, *, function: str = "evaluate", argument: str = "points") -> AffineFamily:
+def as_family(
+    points: object,
+    *,
+    function: str = "evaluate",
+    argument: str = "points",
+    prepare: Callable[[State], State] | None = None,
+) -> AffineFamily:
     """Coerce what users pass as a point set into an :class:`AffineFamily`.
 
     Accepted: an AffineFamily; one State, mapping of tensors or ``nn.Module`` (one point);
     a list or tuple of them (dim ``point``); a mapping from labels to states (dim ``point``
-    labelled by the keys).
+    labelled by the keys). ``prepare`` is applied to every state first (the engine uses it to
+    merge tied keys).
     """
     if isinstance(points, AffineFamily):
-        return points
+        return points.with_basis([prepare(s) for s in points.basis]) if prepare else points
+
+    def state(value: object, where: str) -> State:
+        s = as_state(value, function=function, argument=where)
+        return prepare(s) if prepare else s
+
     if isinstance(points, torch.nn.Module):
-        return AffineFamily.points([as_state(points, function=function, argument=argument)])
+        return AffineFamily.points([state(points, argument)])
     if isinstance(points, Mapping):
         values = list(points.values())
         if values and all(isinstance(v, Tensor) for v in values):
-            return AffineFamily.points([as_state(points, function=function, argument=argument)])
+            return AffineFamily.points([state(points, argument)])
         if values and all(isinstance(v, (Mapping, torch.nn.Module)) for v in values):
-            states = [as_state(v, function=function, argument=f"{argument}[{k!r}]") for k, v in points.items()]
+            states = [state(v, f"{argument}[{k!r}]") for k, v in points.items()]
             return AffineFamily.points(states, labels=[str(k) for k in points])
     if isinstance(points, (list, tuple)) and points:
-        states = [as_state(p, function=function, argument=f"{argument}[{i}]") for i, p in enumerate(points)]
-        return AffineFamily.points(states)
+        return AffineFamily.points([state(p, f"{argument}[{i}]") for i, p in enumerate(points)])
     raise bad_argument(
         function,
         argument,

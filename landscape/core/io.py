@@ -16,9 +16,9 @@ import torch
 import xarray as xr
 
 from landscape.core.errors import LandscapeError, bad_argument
-from landscape.core.state import State, content_hash
+from landscape.core.state import State, record_hash
 
-__all__ = ["ResumableRun", "checkpoint_record", "load_result", "provenance_attrs", "save_result"]
+__all__ = ["ResumableRun", "checkpoint_record", "load_result", "provenance_attrs", "save_result", "to_json"]
 
 
 def library_version() -> str:
@@ -31,11 +31,15 @@ def library_version() -> str:
 
 
 def checkpoint_record(state: State) -> dict[str, object]:
-    """Format, source and sha256 of a state (the hash is computed and cached if missing)."""
-    if "sha256" not in state.provenance:
-        state.provenance["sha256"] = content_hash(state)
+    """Format, source and sha256 of a state (the hash is recomputed if the state changed)."""
+    record_hash(state)
     keep = ("format", "source", "sha256", "derived")
     return {k: state.provenance[k] for k in keep if k in state.provenance}
+
+
+def to_json(value: object) -> str:
+    """JSON text of a value for result attributes (numbers, paths and tensors as strings)."""
+    return json.dumps(value, default=str, sort_keys=True)
 
 
 def _attr_value(value: object) -> str | int | float:
@@ -48,7 +52,7 @@ def _attr_value(value: object) -> str | int | float:
         return float(value)
     if isinstance(value, str):
         return str(value)
-    return json.dumps(value, default=str, sort_keys=True)
+    return to_json(value)
 
 
 def provenance_attrs(**fields: object) -> dict[str, str | int | float]:

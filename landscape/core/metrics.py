@@ -23,7 +23,10 @@ Metric = Callable[[Tensor, Tensor], Tensor]
 
 def loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy per example (mean over positions for sequence outputs)."""
-    per_position = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    flat = logits.reshape(-1, logits.shape[-1])
+    if flat.dtype in (torch.float16, torch.bfloat16):  # half precision loses too much in log-softmax
+        flat = flat.float()
+    per_position = F.cross_entropy(flat, targets.reshape(-1), reduction="none")
     return per_position.reshape(targets.shape[0], -1).mean(dim=1)
 
 

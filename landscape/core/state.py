@@ -29,7 +29,9 @@ __all__ = [
     "is_norm_or_bias",
     "lerp",
     "norm",
+    "parameter_keys",
     "random_direction",
+    "record_hash",
     "scale",
     "stack",
     "state_of",
@@ -229,22 +231,28 @@ def scale(a: Mapping[str, Tensor], factor: float) -> State:
     return State({k: t * factor if _is_float(t) else t.clone() for k, t in a.items()})
 
 
-def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
-    """Euclidean inner product over all floating-point entries, accumulated in float64."""
+def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor], *, keys: Iterable[str] | None = None) -> float:
+    """Euclidean inner product over the floating-point entries (only ``keys`` when given),
+    accumulated in float64."""
     a = as_state(a, function="dot", argument="a")
     b = as_state(b, function="dot", argument="b")
     check_compatible(a, b, function="dot")
-    total = 0.0
-    for k, t in a.items():
-        if _is_float(t):
-            total += float(torch.sum(t.double() * b[k].double()))
-    return total
+    chosen = a if keys is None else list(keys)
+    return sum(float(torch.sum(a[k].double() * b[k].double())) for k in chosen if _is_float(a[k]))
 
 
-def norm(a: Mapping[str, Tensor]) -> float:
-    """Euclidean norm over all floating-point entries, accumulated in float64."""
+def norm(a: Mapping[str, Tensor], *, keys: Iterable[str] | None = None) -> float:
+    """Euclidean norm over the floating-point entries (only ``keys`` when given), accumulated
+    in float64."""
     a = as_state(a, function="norm", argument="a")
-    return math.sqrt(sum(float(torch.sum(t.double() ** 2)) for t in a.values() if _is_float(t)))
+    chosen = a if keys is None else list(keys)
+    return math.sqrt(sum(float(torch.sum(a[k].double() ** 2)) for k in chosen if _is_float(a[k])))
+
+
+def parameter_keys(state: Mapping[str, Tensor]) -> list[str]:
+    """Floating-point entries that are not BatchNorm running statistics: the coordinates of
+    weight space. Distances and angles between networks are measured over these."""
+    return [k for k, t in state.items() if _is_float(t) and k.rsplit(".", 1)[-1] not in _NORM_BUFFERS]
 
 
 def distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
@@ -326,6 +334,22 @@ def unstack(stacked: Mapping[str, Tensor]) -> list[State]:
     return [State({name: t[i] for name, t in stacked.items()}) for i in range(k)]
 
 
+def _fingerprint(state: Mapping[str, Tensor]) -> int:
+    # Storage, version counter, shape and dtype of every entry: changes whenever an entry is
+    # replaced or modified in place, so a cached hash is never stale.
+    return hash(tuple((k, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype)) for k, t in state.items()))
+
+
+def record_hash(state: State) -> str:
+    """The sha256 content hash of ``state``, cached in ``state.provenance`` and recomputed
+    only when an entry was replaced or modified in place since it was last computed."""
+    fingerprint = _fingerprint(state)
+    if state.provenance.get("sha256") is None or state.provenance.get("_fingerprint") != fingerprint:
+        state.provenance["sha256"] = content_hash(state)
+        state.provenance["_fingerprint"] = fingerprint
+    return str(state.provenance["sha256"])
+
+
 def content_hash(state: Mapping[str, Tensor]) -> str:
     """sha256 over the names, dtypes, shapes and bytes of every entry, in sorted key order.
 
@@ -336,8 +360,6 @@ def content_hash(state: Mapping[str, Tensor]) -> str:
     for k in sorted(state):
         t = state[k].detach().cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.dtype == torch.bfloat16:
-            t = t.view(torch.int16)
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
@@ -357,11 +379,26 @@ def is_norm_or_bias(key: str, tensor: Tensor) -> tuple[bool, bool]:
     return is_bias, is_norm
 
 
+def _ignored(ignore: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(ignore, str):
+        ignore = {"biasbn": ("bias", "bn"), "": ()}.get(ignore, (ignore,))
+    ignore = tuple(ignore)
+    if set(ignore) - {"bias", "bn"}:
+        raise bad_argument(
+            "random_direction",
+            "ignore",
+            expected="a subset of ('bias', 'bn'), or 'biasbn'",
+            found=repr(ignore),
+            fix="Use ignore=() to move every parameter, ('bias',) or ('bn',) to hold some fixed.",
+        )
+    return ignore
+
+
 def random_direction(
     state: Mapping[str, Tensor],
     *,
     normalization: str | None = "filter",
-    ignore: Sequence[str] = ("bias", "bn"),
+    ignore: Sequence[str] | str = ("bias", "bn"),
     seed: int = 0,
 ) -> State:
     """A Gaussian random direction in parameter space, normalised as in Li et al. (2018).
@@ -373,14 +410,16 @@ def random_direction(
         used for normalisation.
     normalization
         ``"filter"``: every filter (slice along the first axis of a tensor with two or more
-        axes) gets the norm of the matching filter of ``state``; one-dimensional entries
-        that are not ignored are set to the state's own values, as in the reference code of
-        Li et al. ``"layer"``: every tensor gets the norm of the matching tensor.
+        axes) gets the norm of the matching filter of ``state``. ``"layer"``: every tensor
+        gets the norm of the matching tensor. With both, one-dimensional entries that are not
+        ignored are set to the state's own values, as in the reference code of Li et al.
         ``"model"``: the whole direction gets the norm of the whole state. ``None``: raw
         standard-normal entries.
     ignore
-        ``"bias"`` zeroes the direction on biases, ``"bn"`` on normalisation-layer weights
-        and buffers. Integer buffers are always zero.
+        ``"bias"`` zeroes the direction on biases, ``"bn"`` on normalisation-layer weights;
+        the reference code's spelling ``"biasbn"`` means both, and a single string is
+        accepted. BatchNorm running statistics and integer buffers never move along a
+        direction (they are not parameters; use ``bn="reset"`` to recompute statistics).
     seed
         Seed of the generator; the same seed gives the same direction on every device.
 
@@ -405,11 +444,7 @@ def random_direction(
             expected="'filter', 'layer', 'model' or None",
             found=repr(normalization),
         )
-    unknown = set(ignore) - {"bias", "bn"}
-    if unknown:
-        raise bad_argument(
-            "random_direction", "ignore", expected="a subset of ('bias', 'bn')", found=repr(tuple(ignore))
-        )
+    ignore = _ignored(ignore)
     generator = torch.Generator().manual_seed(int(seed))
     direction: dict[str, Tensor] = {}
     drawn: list[str] = []
@@ -427,14 +462,13 @@ def random_direction(
             continue
         d = torch.randn(w.shape, generator=generator, dtype=torch.float64)
         w64 = w.detach().double().cpu()
-        if normalization == "filter":
-            if w.dim() <= 1:
-                d = w64.clone()
-            else:
-                d_norm = d.reshape(d.shape[0], -1).norm(dim=1)
-                w_norm = w64.reshape(w64.shape[0], -1).norm(dim=1)
-                factor = torch.where(d_norm > 0, w_norm / d_norm.clamp_min(1e-300), torch.zeros_like(d_norm))
-                d = d * factor.reshape(-1, *([1] * (d.dim() - 1)))
+        if normalization in ("filter", "layer") and w.dim() <= 1:
+            d = w64.clone()
+        elif normalization == "filter":
+            d_norm = d.reshape(d.shape[0], -1).norm(dim=1)
+            w_norm = w64.reshape(w64.shape[0], -1).norm(dim=1)
+            factor = torch.where(d_norm > 0, w_norm / d_norm.clamp_min(1e-300), torch.zeros_like(d_norm))
+            d = d * factor.reshape(-1, *([1] * (d.dim() - 1)))
         elif normalization == "layer":
             d_norm = d.norm()
             d = d * (w64.norm() / d_norm) if d_norm > 0 else d

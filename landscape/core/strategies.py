@@ -13,6 +13,7 @@ Each strategy calls ``consume(points, split, logits, targets)`` with logits of s
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,14 +23,17 @@ from torch.func import functional_call, vmap
 
 from landscape.core.batchnorm import fresh_bn_buffers, recompute_mode
 from landscape.core.data import batches
-from landscape.core.family import AffineFamily
+from landscape.core.family import AffineFamily, combine
 from landscape.core.metrics import model_output_logits
 
 __all__ = ["STRATEGIES", "Job", "find_first_layer"]
 
 STRATEGIES = ("auto", "loop", "affine", "vmap")
 PARAMETER_CACHE_BYTES = 512 * 2**20
+# Exact types only: a subclass may override forward with something not linear in the weights
+# (weight standardisation, LoRA adapters, ...).
 LINEAR_IN_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+DEFAULT_BN_BATCH_SIZE = 1024
 
 Consume = Callable[[Sequence[int], str, Tensor, Tensor], None]
 
@@ -47,6 +51,7 @@ class Job:
     bn_keys: list[str]
     bn_data: Tensor | None
     tick: Callable[[int], None]
+    bn_batch_size: int = DEFAULT_BN_BATCH_SIZE
 
     def data_batches(self) -> Iterator[tuple[str, Tensor, Tensor]]:
         for name, (x, y) in self.splits.items():
@@ -54,9 +59,11 @@ class Job:
                 yield name, xb, yb
 
     def bn_batches(self) -> Iterator[Tensor]:
+        """Batches for recomputing BN statistics; their size is fixed (not the evaluation
+        batch size), so every strategy computes the same statistics."""
         assert self.bn_data is not None
-        for start in range(0, self.bn_data.shape[0], self.batch_size):
-            yield self.bn_data[start : start + self.batch_size]
+        for start in range(0, self.bn_data.shape[0], self.bn_batch_size):
+            yield self.bn_data[start : start + self.bn_batch_size]
 
 
 def _forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -66,11 +73,12 @@ def _forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
 def _recompute_bn(
     job: Job, params: dict[str, Tensor], run: Callable[[dict[str, Tensor], Tensor], object]
 ) -> dict[str, Tensor]:
-    """Running statistics of one point, recomputed from the BN batches as an exact average."""
+    """Running statistics of one point, recomputed from the BN batches (size-weighted)."""
     buffers = fresh_bn_buffers(params, job.bn_keys)
     merged = {**params, **buffers}
-    with recompute_mode(job.model):
+    with recompute_mode(job.model) as before_batch:
         for xb in job.bn_batches():
+            before_batch(xb.shape[0])
             run(merged, xb)
     return buffers
 
@@ -131,7 +139,7 @@ def _largest_fitting_chunk(job: Job, batched, chunk, points_per_chunk: int) -> i
 
 # -- affine ----------------------------------------------------------------------------
 class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the first layer's input is known."""
+    """Raised to end a forward pass once the first layer's input is known."""
 
 
 @dataclass
@@ -139,44 +147,36 @@ class FirstLayer:
     name: str
     module: nn.Module
     keys: dict[str, str]  # full state key -> the module's own parameter name
+    tied: bool  # its parameters are shared with another module
 
 
-class _Injected(nn.Module):
-    """Stands in for the first layer: captures its input, or returns a precomputed output."""
-
-    def __init__(self, original: nn.Module) -> None:
-        super().__init__()
-        object.__setattr__(self, "original", original)  # not a child: its keys leave the state
-        self.capture = True
-        self.value: Tensor | None = None
-        self.captured: Tensor | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.capture:
-            self.captured = x
-            raise _Stop
-        assert self.value is not None
-        return self.value
+def _basis_params(family: AffineFamily, m: int, device: torch.device) -> dict[str, Tensor]:
+    return {key: stacked[m] for key, stacked in family.device_basis(device).items()}
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, leaf, module)
+def _probe_points(family: AffineFamily, device: torch.device) -> list[dict[str, Tensor]]:
+    """Parameter sets under which the first layer's input must not change: every basis state,
+    three real points of the family, and the origin with every entry set to NaN."""
+    rows = sorted({0, len(family) // 2, len(family) - 1})
+    points = [_basis_params(family, m, device) for m in range(len(family.basis))]
+    points += [family.state_on(k, device) for k in rows]
+    nan = {k: torch.full_like(t, float("nan")) if t.is_floating_point() else t for k, t in points[0].items()}
+    return [*points, nan]
 
 
 def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor) -> FirstLayer | str:
     """The first Linear/Conv/Embedding layer to run, if the ``affine`` strategy can use it;
     else the reason why not.
 
-    The layer qualifies when it runs once per forward pass, on one tensor, and that tensor
-    is the same under every basis state (so nothing before it depends on the parameters:
-    checked, not assumed).
+    The layer qualifies when it is exactly one of those types (no subclass, parametrisation
+    or hook), runs once per forward pass on one tensor, and that tensor is the same at every
+    basis state, at real points of the family and with every parameter set to NaN: nothing
+    before it depends on the parameters (checked, not assumed).
     """
     calls: list[tuple[str, nn.Module, tuple, dict]] = []
     hooks = []
     for name, module in model.named_modules():
-        if isinstance(module, LINEAR_IN_PARAMETERS):
+        if type(module) in LINEAR_IN_PARAMETERS:
 
             def hook(mod, args, kwargs, name=name):
                 calls.append((name, mod, args, kwargs))
@@ -185,10 +185,15 @@ def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor) -> 
     first: tuple[str, nn.Module] | None = None
     inputs: list[Tensor] = []
     try:
-        for m in range(len(family.basis)):
+        for params in _probe_points(family, sample.device):
             calls.clear()
             with torch.no_grad():
-                _forward(model, _basis_params(family, m, sample.device), sample)
+                try:
+                    _forward(model, params, sample)
+                except Exception as err:
+                    # NaN weights may break a later layer; only the first layer's input matters.
+                    if not calls:
+                        return f"a probe forward pass failed ({type(err).__name__}: {err})"
             if not calls:
                 return "the model has no Linear, Conv or Embedding layer"
             name, module, args, kwargs = calls[0]
@@ -197,7 +202,7 @@ def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor) -> 
                 if sum(1 for c in calls if c[0] == name) != 1:
                     return f"the first layer {name!r} is called more than once per forward pass"
             elif name != first[0]:
-                return "the first layer to run depends on the parameters"
+                return "which layer runs first depends on the parameters"
             if len(args) != 1 or kwargs or not isinstance(args[0], Tensor):
                 return f"the first layer {name!r} is not called with one tensor"
             inputs.append(args[0].clone())
@@ -206,59 +211,68 @@ def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor) -> 
             h.remove()
     assert first is not None
     name, module = first
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        return f"the first layer {name!r} is parametrised"
+    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+        return f"the first layer {name!r} has hooks"
     if isinstance(module, nn.Embedding) and module.max_norm is not None:
         return f"the first layer {name!r} renormalises its weights (max_norm)"
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.padding_mode != "zeros":
         return f"the first layer {name!r} pads with {module.padding_mode!r}, not zeros"
-    if any(not torch.equal(inputs[0], other) for other in inputs[1:]):
+    reference = inputs[0]
+    if reference.is_floating_point() and torch.isnan(reference).any():
+        return "the data contains NaN"
+    if any(not torch.equal(reference, other) for other in inputs[1:]):
         return f"the input of the first layer {name!r} depends on the parameters"
     prefix = f"{name}." if name else ""
     keys = {prefix + local: local for local, _ in module.named_parameters(recurse=False)}
-    return FirstLayer(name=name, module=module, keys=keys)
+    shared = {id(p) for p in module.parameters(recurse=False)}
+    tied = any(
+        id(p) in shared and not full.startswith(prefix) for full, p in model.named_parameters(remove_duplicate=False)
+    )
+    return FirstLayer(name=name, module=module, keys=keys, tied=tied)
 
 
-def _basis_params(family: AffineFamily, m: int, device: torch.device) -> dict[str, Tensor]:
-    basis = family.device_basis(device)
-    return {key: stacked[m] for key, stacked in basis.items()}
-
-
-def _combine(outputs: Tensor, row: Sequence[float]) -> Tensor:
-    """``sum_m row[m] * outputs[m]`` as fused multiply-adds (a (1 x M) @ (M x n) matrix
-    product is a poor kernel for this on the CPU: measured 10x slower)."""
-    if len(row) == 2:
-        # (1 - t) a + t b for a line: torch.lerp is one pass and exact at t = 0 and t = 1.
-        w0, w1 = row
-        if w0 + w1 == 1.0:
-            return torch.lerp(outputs[0], outputs[1], w1)
-    acc = outputs[0] * row[0]
-    for m in range(1, len(row)):
-        if row[m] != 0.0:
-            acc.add_(outputs[m], alpha=row[m])
-    return acc
+@contextlib.contextmanager
+def _overridden_forward(module: nn.Module, forward: Callable[..., Tensor]) -> Iterator[None]:
+    """Replace ``module.forward`` on this instance only. The module stays in place, so code that
+    reads its attributes (``self.fc1.weight.dtype``, ``in_features``, ...) still works."""
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del module.forward
 
 
 def run_affine(job: Job, consume: Consume, first: FirstLayer) -> None:
     family = job.family
     basis = family.device_basis(job.device)
-    rest_keys = [k for k in basis if k not in first.keys]
-    injected = _Injected(first.module)
-    root_is_first = first.name == ""
-    if not root_is_first:
-        _set_submodule(job.model, first.name, injected)
+    # The first layer's own parameters need not be materialised per point unless another
+    # module shares them; otherwise the origin's tensors stand in (the forward ignores them).
+    per_point_keys = list(basis) if first.tied else [k for k in basis if k not in first.keys]
+    fixed = {} if first.tied else {k: basis[k][0] for k in first.keys}
     weights = family.weights.tolist()
+    state = {"mode": "capture", "value": None, "captured": None}
+
+    layer_forward = type(first.module).forward
+
+    def forward(x: Tensor) -> Tensor:
+        if state["mode"] == "capture":
+            state["captured"] = x
+            raise _Stop
+        if state["mode"] == "original":
+            return layer_forward(first.module, x)
+        return state["value"]
 
     def basis_outputs(xb: Tensor) -> Tensor:
         """The first layer's output for every basis state, shape (M, n, ...)."""
-        if root_is_first:
-            x_in = xb
-        else:
-            injected.capture = True
-            try:
-                functional_call(job.model, {k: basis[k][0] for k in rest_keys}, (xb,))
-            except _Stop:
-                pass
-            x_in = injected.captured
-            injected.captured = None
+        state["mode"] = "capture"
+        try:
+            _forward(job.model, _basis_params(family, 0, job.device), xb)
+        except _Stop:
+            pass
+        x_in, state["captured"] = state["captured"], None
+        state["mode"] = "original"
         outs = [
             functional_call(first.module, {local: basis[key][m] for key, local in first.keys.items()}, (x_in,))
             for m in range(len(family.basis))
@@ -266,11 +280,7 @@ def run_affine(job: Job, consume: Consume, first: FirstLayer) -> None:
         return torch.stack(outs)
 
     def run_point(k: int, outputs: Tensor, params: dict[str, Tensor], xb: Tensor) -> Tensor:
-        combined = _combine(outputs, weights[k])
-        if root_is_first:
-            return combined
-        injected.capture = False
-        injected.value = combined
+        state["mode"], state["value"] = "inject", combine(outputs, weights[k])
         return _forward(job.model, params, xb)
 
     bn_buffers = (
@@ -278,33 +288,43 @@ def run_affine(job: Job, consume: Consume, first: FirstLayer) -> None:
         if job.bn_keys
         else []
     )
-    # Materialise each point's remaining parameters once for all data batches when they fit.
-    rest_bytes = sum(basis[k][0].numel() * basis[k].element_size() for k in rest_keys)
-    cache: dict[int, dict[str, Tensor]] | None = {} if len(family) * rest_bytes <= PARAMETER_CACHE_BYTES else None
+    # Materialise each point's parameters once for all data batches when they fit.
+    point_bytes = sum(basis[k][0].numel() * basis[k].element_size() for k in per_point_keys)
+    cache: dict[int, dict[str, Tensor]] | None = {} if len(family) * point_bytes <= PARAMETER_CACHE_BYTES else None
 
-    def rest_params(k: int) -> dict[str, Tensor]:
+    def point_params(k: int) -> dict[str, Tensor]:
         if cache is not None and k in cache:
             return cache[k]
-        params = family.state_on(k, job.device, rest_keys)
+        params = {**fixed, **family.state_on(k, job.device, per_point_keys)}
         if bn_buffers:
             params.update(bn_buffers[k])  # updated in place by the statistics pass
         if cache is not None:
             cache[k] = params
         return params
 
-    try:
+    if first.name == "":  # the whole model is the linear layer
+        for split, xb, yb in job.data_batches():
+            outputs = torch.stack(
+                [
+                    functional_call(first.module, {local: basis[key][m] for key, local in first.keys.items()}, (xb,))
+                    for m in range(len(family.basis))
+                ]
+            )
+            for k in range(len(family)):
+                consume([k], split, model_output_logits(combine(outputs, weights[k]))[None], yb)
+                job.tick(1)
+        return
+    with _overridden_forward(first.module, forward):
         if bn_buffers:
-            with recompute_mode(job.model):
+            with recompute_mode(job.model) as before_batch:
                 for xb in job.bn_batches():
+                    before_batch(xb.shape[0])
                     outputs = basis_outputs(xb)
                     for k in range(len(family)):
-                        run_point(k, outputs, rest_params(k), xb)
+                        run_point(k, outputs, point_params(k), xb)
         for split, xb, yb in job.data_batches():
             outputs = basis_outputs(xb)
             for k in range(len(family)):
-                consume([k], split, run_point(k, outputs, rest_params(k), xb)[None], yb)
+                consume([k], split, run_point(k, outputs, point_params(k), xb)[None], yb)
                 job.tick(1)
-    finally:
-        injected.value = None
-        if not root_is_first:
-            _set_submodule(job.model, first.name, first.module)
+    state["value"] = None

@@ -130,7 +130,7 @@ def test_bn_reset_keeps_endpoint_statistics_recomputed_on_the_same_batches() -> 
     x, y = zoo_data("mlp", n=40)
     data = {"train": (x_train, torch.zeros(64, dtype=torch.long)), "test": (x, y)}
     keep = C.interpolate(_mlp(0, norm="batch"), a, b, data, alphas=5, batch_size=16, progress=False)
-    reset = C.interpolate(_mlp(0, norm="batch"), a, b, data, alphas=5, bn="reset", batch_size=16, progress=False)
+    reset = C.interpolate(_mlp(0, norm="batch"), a, b, data, alphas=5, bn="reset", bn_batch_size=16, progress=False)
     test_keep, test_reset = keep.loss.sel(split="test").values, reset.loss.sel(split="test").values
     np.testing.assert_allclose(test_reset[[0, -1]], test_keep[[0, -1]], rtol=1e-6)
     assert np.all(np.abs(test_reset[1:-1] - test_keep[1:-1]) > 1e-6)
@@ -180,8 +180,23 @@ def test_instability_and_sweep(mnist1d_small) -> None:
     options = {"epochs": 1, "batch_size": 100, "lr": 0.05}
     single = C.instability(model, result.checkpoints[0], mnist1d_small, train=options, alphas=5, progress=False)
     assert set(single.error_barrier.dims) == {"split"} and single.stable.dtype == bool
+    # The barrier is that of the two children, trained by hand with data seeds 0 and 1.
+    children = [
+        ls.train(model, mnist1d_small, start=result.checkpoints[0], data_seed=s, progress=False, **options).state
+        for s in (0, 1)
+    ]
+    by_hand = C.interpolate(model, *children, mnist1d_small, alphas=5, progress=False)
+    np.testing.assert_allclose(single.error_barrier.values, C.barrier(by_hand, metric="error").values)
+    assert bool(single.stable.sel(split="test")) == bool(single.error_barrier.sel(split="test") < 0.02)
     sweep = C.instability_sweep(model, result.checkpoints, mnist1d_small, train=options, alphas=5, progress=False)
     assert sweep.error_barrier.dims == ("step", "split") and list(sweep.step.values) == [0, 2]
+    np.testing.assert_allclose(sweep.error_barrier.sel(step=0).values, single.error_barrier.values)
+    frankle = C.instability_sweep(
+        model, result.checkpoints, mnist1d_small, total_steps=6, train=options, alphas=3, progress=False
+    )
+    assert frankle.attrs["total_steps"] == 6
+    with pytest.raises(LandscapeError, match=r"instability_sweep\(total_steps=...\)"):
+        C.instability_sweep(model, result.checkpoints, mnist1d_small, total_steps=2, progress=False)
     with pytest.raises(LandscapeError, match=r"instability\(seeds=...\)"):
         C.instability(model, result.state, mnist1d_small, seeds=(1, 1), progress=False)
     with pytest.raises(LandscapeError, match=r"instability\(train=...\).*'data_seed'"):

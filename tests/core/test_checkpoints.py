@@ -105,3 +105,30 @@ def test_save_state_is_safetensors_only_and_handles_tied_weights(tmp_path) -> No
     shared = torch.ones(3)
     ls.save_state({"a": shared, "b": shared}, tmp_path / "tied.safetensors")
     assert set(ls.load_state(tmp_path / "tied.safetensors")) == {"a", "b"}
+
+
+def test_numpy_scalars_next_to_the_weights_are_plain_data(model, tmp_path) -> None:
+    import numpy as np
+
+    torch.save({"epoch": np.int64(3), "best": np.float64(0.5), "state_dict": model.state_dict()}, tmp_path / "n.pt")
+    assert set(ls.load_state(tmp_path / "n.pt")) == set(model.state_dict())
+
+
+def test_a_pickle_that_runs_a_command_is_refused_without_unsafe_advice(tmp_path) -> None:
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "hacked"),))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as info:
+        ls.load_state(tmp_path / "evil.pt")
+    assert "system" in str(info.value) and "set to `False`" not in str(info.value)
+    assert not (tmp_path / "hacked").exists()
+
+
+def test_a_shared_key_prefix_is_stripped_when_it_makes_the_keys_fit(model, tmp_path) -> None:
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "lightning.ckpt")
+    state = ls.load_state(tmp_path / "lightning.ckpt", model=model)
+    assert state.provenance["stripped_prefix"] == "model." and set(state) == set(model.state_dict())

@@ -42,8 +42,18 @@ def test_bn_reset_matches_update_bn_by_hand(strategy: str, name: str) -> None:
     x_train, _ = zoo_data("mlp" if name == "mlp" else "resnet", n=50, seed=1)
     data = {"train": (x_train, torch.zeros(50, dtype=torch.long)), "test": (x, y)}
     line = AffineFamily.line(a, b, alphas=3)
-    ds = ls.evaluate(model, line, data, bn="reset", strategy=strategy, batch_size=16, progress=False)
-    assert ds.attrs["bn"] == "reset" and ds.attrs["bn_examples"] == 50
+    # The evaluation batch size must not matter, only the statistics pass's.
+    ds = ls.evaluate(
+        model,
+        line,
+        data,
+        bn="reset",
+        bn_batch_size=16,
+        strategy=strategy,
+        batch_size=7 if strategy == "affine" else None,
+        progress=False,
+    )
+    assert ds.attrs["bn"] == "reset" and ds.attrs["bn_examples"] == 50 and ds.attrs["bn_batch_size"] == 16
     for k, alpha in enumerate(line.coords["alpha"]):
         loss, _ = reference_metrics(model, ls.lerp(a, b, alpha), x, y, bn_x=x_train, bn_batch=16)
         assert ds.loss.sel(split="test").values[k] == pytest.approx(loss, rel=1e-5)

@@ -154,8 +154,44 @@ def plane(
     return ds
 
 
-def _random_directions(state: State, count: int, normalization: str | None, ignore: Sequence[str], seed: int):
-    return [random_direction(state, normalization=normalization, ignore=ignore, seed=seed + i) for i in range(count)]
+def _random_surface(
+    function: str,
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    data: object,
+    count: int,
+    *,
+    span: float,
+    resolution: int,
+    normalization: str | None,
+    ignore: Sequence[str] | str,
+    seed: int,
+    engine: dict[str, object],
+) -> xr.Dataset:
+    """``count`` (1 or 2) random directions through ``state``, evaluated on a regular grid."""
+    _check_resolution(function, resolution)
+    if not span > 0:
+        raise bad_argument(
+            function,
+            "span",
+            expected="a positive number",
+            found=repr(span),
+            fix="span is in units of the (normalised) directions; 1.0 is the usual choice.",
+        )
+    state = as_state(state, function=function, argument="state")
+    directions = [
+        random_direction(state, normalization=normalization, ignore=ignore, seed=seed + i) for i in range(count)
+    ]
+    grid = np.linspace(-span, span, resolution)
+    if count == 2:
+        family = AffineFamily.grid(state, directions, grid, grid)
+    else:
+        family = AffineFamily(state, directions, grid[:, None], dims=("alpha",), coords={"alpha": grid})
+    ds = add_derived(evaluate(model, family, data, **engine))
+    if count == 2:
+        ds = _with_anchors(ds, {"origin": (0.0, 0.0)})
+    ds.attrs.update(analysis=function, normalization=str(normalization), ignore=repr(ignore), seed=seed)
+    return ds
 
 
 def random_plane(
@@ -166,7 +202,7 @@ def random_plane(
     span: float = 1.0,
     resolution: int = 21,
     normalization: str | None = "filter",
-    ignore: Sequence[str] = ("bias", "bn"),
+    ignore: Sequence[str] | str = ("bias", "bn"),
     seed: int = 0,
     bn: str = "keep",
     bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
@@ -187,27 +223,22 @@ def random_plane(
         ``loss``, ``accuracy``, ``error`` over (``alpha``, ``beta``, ``split``), with
         ``anchor_alpha``/``anchor_beta`` locating ``state`` at (0, 0).
     """
-    _check_resolution("random_plane", resolution)
-    if not span > 0:
-        raise bad_argument("random_plane", "span", expected="a positive number", found=repr(span))
-    state = as_state(state, function="random_plane", argument="state")
-    directions = _random_directions(state, 2, normalization, ignore, seed)
-    grid = np.linspace(-span, span, resolution)
-    family = AffineFamily.grid(state, directions, grid, grid)
-    ds = evaluate(
-        model,
-        family,
-        data,
-        metrics=metrics,
-        bn=bn,
-        bn_batch_size=bn_batch_size,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
+    engine = dict(
+        metrics=metrics, bn=bn, bn_batch_size=bn_batch_size, batch_size=batch_size, device=device, progress=progress
     )
-    ds = _with_anchors(add_derived(ds), {"origin": (0.0, 0.0)})
-    ds.attrs.update(analysis="random_plane", normalization=str(normalization), ignore=",".join(ignore), seed=seed)
-    return ds
+    return _random_surface(
+        "random_plane",
+        model,
+        state,
+        data,
+        2,
+        span=span,
+        resolution=resolution,
+        normalization=normalization,
+        ignore=ignore,
+        seed=seed,
+        engine=engine,
+    )
 
 
 def random_line(
@@ -218,7 +249,7 @@ def random_line(
     span: float = 1.0,
     resolution: int = 21,
     normalization: str | None = "filter",
-    ignore: Sequence[str] = ("bias", "bn"),
+    ignore: Sequence[str] | str = ("bias", "bn"),
     seed: int = 0,
     bn: str = "keep",
     bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
@@ -227,7 +258,8 @@ def random_line(
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> xr.Dataset:
-    """The loss along one Gaussian random direction through ``state`` (Li et al. 2018).
+    """The loss along one Gaussian random direction through ``state`` (Li et al. 2018), drawn
+    with ``seed`` (the first direction of :func:`random_plane` with the same seed).
 
     Returns
     -------
@@ -235,24 +267,19 @@ def random_line(
         ``loss``, ``accuracy``, ``error`` over (``alpha``, ``split``); ``alpha`` in
         ``[-span, span]`` in units of the direction.
     """
-    _check_resolution("random_line", resolution)
-    if not span > 0:
-        raise bad_argument("random_line", "span", expected="a positive number", found=repr(span))
-    state = as_state(state, function="random_line", argument="state")
-    (direction,) = _random_directions(state, 1, normalization, ignore, seed)
-    alphas = np.linspace(-span, span, resolution)
-    family = AffineFamily(state, [direction], alphas[:, None], dims=("alpha",), coords={"alpha": alphas})
-    ds = evaluate(
-        model,
-        family,
-        data,
-        metrics=metrics,
-        bn=bn,
-        bn_batch_size=bn_batch_size,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
+    engine = dict(
+        metrics=metrics, bn=bn, bn_batch_size=bn_batch_size, batch_size=batch_size, device=device, progress=progress
     )
-    ds = add_derived(ds)
-    ds.attrs.update(analysis="random_line", normalization=str(normalization), ignore=",".join(ignore), seed=seed)
-    return ds
+    return _random_surface(
+        "random_line",
+        model,
+        state,
+        data,
+        1,
+        span=span,
+        resolution=resolution,
+        normalization=normalization,
+        ignore=ignore,
+        seed=seed,
+        engine=engine,
+    )

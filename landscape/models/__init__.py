@@ -7,9 +7,9 @@ they were built from (``spec_of``), which checkpoints store so that a file can r
 own model.
 """
 
-from landscape.models.registry import available, create, from_spec, parse_spec, register, spec_of
+from landscape.models.registry import available, create, example_input, from_spec, parse_spec, register, spec_of
 
 # Importing the modules registers their models.
 from landscape.models import cnn, gpt, mlp, resnet, vit  # noqa: F401  isort: skip
 
-__all__ = ["available", "create", "from_spec", "parse_spec", "register", "spec_of"]
+__all__ = ["available", "create", "example_input", "from_spec", "parse_spec", "register", "spec_of"]

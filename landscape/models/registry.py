@@ -13,7 +13,7 @@ from torch import nn
 from landscape.core.errors import bad_argument
 from landscape.core.spec import SPEC_ATTRIBUTE, spec_of
 
-__all__ = ["available", "create", "from_spec", "parse_spec", "register", "spec_of"]
+__all__ = ["available", "create", "example_input", "from_spec", "parse_spec", "register", "spec_of"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -95,6 +95,30 @@ def create(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     spec = {"name": name, **{k: _jsonable(v) for k, v in kwargs.items()}}
     setattr(model, SPEC_ATTRIBUTE, spec)
     return model.eval()
+
+
+def example_input(model: nn.Module, *, batch: int = 2, seed: int = 0) -> torch.Tensor | None:
+    """Random inputs shaped like real ones for a zoo model (from its spec and the constructor's
+    defaults): token ids for ``gpt``, Gaussian inputs otherwise. None for other models.
+
+    Examples
+    --------
+    >>> example_input(create("cnn2d")).shape
+    torch.Size([2, 1, 8, 8])
+    """
+    spec = spec_of(model)
+    constructor = _REGISTRY.get(spec["name"]) if spec else None
+    if spec is None or constructor is None:
+        return None
+    defaults = {k: p.default for k, p in inspect.signature(constructor).parameters.items()}
+    generator = torch.Generator().manual_seed(seed)
+    if "vocab_size" in defaults:
+        vocab = int(spec.get("vocab_size", defaults["vocab_size"]))
+        context = int(spec.get("context", defaults["context"]))
+        return torch.randint(0, vocab, (batch, context), generator=generator)
+    shape = spec.get("input_shape", defaults.get("input_shape"))
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    return torch.randn((batch, *shape), generator=generator)
 
 
 def from_spec(spec: Mapping[str, Any] | str, *, seed: int | None = None) -> nn.Module:

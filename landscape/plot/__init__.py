@@ -12,6 +12,10 @@ _FUNCTIONS = {
     "curves": "landscape.plot.connectivity",
     "surface": "landscape.plot.connectivity",
     "instability": "landscape.plot.connectivity",
+    "objective_history": "landscape.plot.alignment",
+    "permutation_matrix": "landscape.plot.alignment",
+    "alignment_barriers": "landscape.plot.alignment",
+    "fusion_accuracy": "landscape.plot.alignment",
 }
 
 __all__ = sorted(_FUNCTIONS)

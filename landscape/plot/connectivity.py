@@ -81,8 +81,22 @@ def curve(
     return axes
 
 
-def curves(results: Mapping[str, xr.Dataset], ax: Any = None, *, metric: str = "accuracy", split: str = "test") -> Any:
+def curves(
+    results: Mapping[str, xr.Dataset],
+    ax: Any = None,
+    *,
+    metric: str = "accuracy",
+    split: str = "test",
+    styles: Mapping[str, Mapping[str, object]] | None = None,
+) -> Any:
     """Several interpolation curves (e.g. vanilla and aligned) of one metric and split on one Axes.
+
+    Parameters
+    ----------
+    results
+        Curves by legend label.
+    styles
+        Optional matplotlib keyword arguments by label (``{"weights + REPAIR": {"linestyle": "--"}}``).
 
     Returns
     -------
@@ -91,7 +105,8 @@ def curves(results: Mapping[str, xr.Dataset], ax: Any = None, *, metric: str = "
     axis = ax if ax is not None else new_axes(1)[0]
     for i, (name, ds) in enumerate(results.items()):
         values = ds[metric].sel(split=split) if "split" in ds[metric].dims else ds[metric]
-        axis.plot(ds.alpha.values, scaled(values.values, metric), marker=".", markersize=4, color=f"C{i}", label=name)
+        style = {"marker": ".", "markersize": 4, "color": f"C{i}", **dict((styles or {}).get(name, {}))}
+        axis.plot(ds.alpha.values, scaled(values.values, metric), label=name, **style)
     axis.set_xlabel(label("alpha"))
     axis.set_ylabel(f"{label(metric)}, {split}")
     axis.grid(alpha=0.3)

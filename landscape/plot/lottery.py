@@ -1,0 +1,177 @@
+"""Figures of random-teacher distillation, lottery tickets and linear basins.
+
+Every function takes a result (and optionally an Axes), draws it, and returns the Axes; none
+computes anything beyond means and spreads over a ``seed`` dimension.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["plot_basins", "plot_imp", "plot_locality", "plot_probe_history"]
+
+NET_STYLES = (("teacher", {"linestyle": "--"}), ("teacher_calibrated", {"linestyle": ":"}), ("student", {}))
+
+
+def _axes(ax: Any) -> Any:
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(5, 3.5))[1]
+
+
+def _mean_spread(values: xr.DataArray) -> tuple[np.ndarray, np.ndarray | None]:
+    if "seed" in values.dims and values.sizes["seed"] > 1:
+        return values.mean("seed").values, values.std("seed").values
+    if "seed" in values.dims:
+        values = values.isel(seed=0)
+    return values.values, None
+
+
+def _line(ax: Any, x: np.ndarray, values: xr.DataArray, **style: Any) -> None:
+    mean, spread = _mean_spread(values)
+    keep = ~np.isnan(mean)
+    (line,) = ax.plot(x[keep], mean[keep], marker="o", markersize=3, **style)
+    if spread is not None:
+        ax.fill_between(x[keep], (mean - spread)[keep], (mean + spread)[keep], color=line.get_color(), alpha=0.2, lw=0)
+
+
+def plot_probe_history(history: xr.Dataset, *, probe: str = "linear", scaling: str = "raw", ax: Any = None) -> Any:
+    """Probe accuracy of student and teacher over distillation epochs.
+
+    Parameters
+    ----------
+    history
+        ``distill_random_teacher(...).history``, or several concatenated over ``seed`` (drawn
+        as mean and a band of one standard deviation).
+    probe, scaling
+        Which probe (``"linear"``, ``"knn"``) on which features (``"raw"``, ``"standardized"``).
+    ax
+        Axes to draw into (default: a new figure).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    ax = _axes(ax)
+    acc = history["accuracy"].sel(probe=probe, scaling=scaling)
+    epochs = history["epoch"].values
+    for net, style in NET_STYLES:
+        if net in acc["net"].values:
+            _line(ax, epochs, acc.sel(net=net), label=net.replace("_", " "), **style)
+    ax.set_xlabel("distillation epoch")
+    ax.set_ylabel(f"{probe} probe accuracy ({scaling})")
+    ax.set_title("random-teacher student vs its teacher")
+    ax.legend()
+    return ax
+
+
+def plot_locality(result: xr.Dataset, *, probe: str = "linear", scaling: str = "raw", ax: Any = None) -> Any:
+    """Final probe accuracy of the student over ``alpha_init`` (log scale), with the teacher's.
+
+    Parameters
+    ----------
+    result
+        A Dataset with ``accuracy`` over (``alpha_init``, ``net``, ``probe``, ``scaling``) and
+        optionally ``seed``, e.g. final-epoch histories concatenated over ``alpha_init``.
+    probe, scaling, ax
+        As in :func:`plot_probe_history`.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    ax = _axes(ax)
+    acc = result["accuracy"].sel(probe=probe, scaling=scaling)
+    alphas = result["alpha_init"].values.astype(float)
+    for net, style in NET_STYLES:
+        if net in acc["net"].values:
+            _line(ax, alphas, acc.sel(net=net), label=net.replace("_", " "), **style)
+    ax.set_xscale("log")
+    ax.set_xlabel("alpha_init (distance of the student's init from the teacher)")
+    ax.set_ylabel(f"{probe} probe accuracy ({scaling})")
+    ax.set_title("locality of the student's initialisation")
+    ax.legend()
+    return ax
+
+
+def plot_imp(result: xr.Dataset, *, metric: str = "test_accuracy", ax: Any = None) -> Any:
+    """Accuracy against the fraction of weights remaining, one line per branch (and start).
+
+    Parameters
+    ----------
+    result
+        ``pruning.imp(...)``, optionally concatenated over ``start`` (e.g. student, init,
+        rewound supervised) and/or ``seed``.
+    metric
+        A variable over ``round`` and ``branch``.
+    ax
+        Axes to draw into.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    ax = _axes(ax)
+    values = result[metric]
+    density = result["density"]
+    if "seed" in density.dims:
+        density = density.isel(seed=0)
+    starts = list(result["start"].values) if "start" in values.dims else [None]
+    styles = {"imp": "-", "reinit": ":", "random_mask": "--"}
+    for start in starts:
+        sub = values.sel(start=start) if start is not None else values
+        x = (density.sel(start=start) if "start" in density.dims else density).values * 100
+        for branch in sub["branch"].values:
+            label = branch if start is None else f"{start}: {branch}"
+            _line(ax, x, sub.sel(branch=branch), label=label, linestyle=styles.get(str(branch), "-"))
+    ax.set_xscale("log")
+    ticks = np.unique(np.round(np.ravel(density.values) * 100, 1))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks], minor=False)
+    ax.set_xticks([], minor=True)
+    ax.invert_xaxis()
+    ax.set_xlabel("weights remaining (%)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title("iterative magnitude pruning")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_basins(result: xr.Dataset, *, split: str = "test", metric: str = "error_barrier", ax: Any = None) -> Any:
+    """Barrier between two children of every start, with the stability threshold.
+
+    Parameters
+    ----------
+    result
+        ``distillation.linear_basins(...)``, optionally concatenated over ``seed``.
+    split
+        Which split's barrier to draw.
+    metric
+        ``"error_barrier"`` (in percentage points) or ``"loss_barrier"``.
+    ax
+        Axes to draw into.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    ax = _axes(ax)
+    values = result[metric]
+    if "split" in values.dims:
+        values = values.sel(split=split)
+    scale = 100.0 if metric == "error_barrier" else 1.0
+    mean, spread = _mean_spread(values * scale)
+    labels = [str(s) for s in result["start"].values]
+    ax.bar(range(len(labels)), mean, yerr=spread, capsize=3, color="tab:blue")
+    ax.set_xticks(range(len(labels)), labels, rotation=20)
+    threshold = result.attrs.get("threshold")
+    if metric == "error_barrier" and threshold is not None:
+        ax.axhline(float(threshold) * 100, color="k", linestyle="--", lw=1, label="stability threshold")
+        ax.legend()
+    ax.set_ylabel("error barrier (points)" if metric == "error_barrier" else "loss barrier")
+    ax.set_title("barrier between children with different data orders")
+    return ax

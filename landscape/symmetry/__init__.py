@@ -1,0 +1,58 @@
+"""Symmetries of a network's parameters, found by tracing the model.
+
+Hidden units can be permuted (and, where the graph allows it, mixed by orthogonal or
+invertible maps) without changing what the network computes. :func:`symmetry_graph` traces
+a model with torch.fx and finds which parameter axes must share one transform; the result
+applies transforms to states and checks that they keep the function.
+
+Examples
+--------
+>>> import landscape as ls
+>>> model = ls.models.create("resnet", norm="batch", seed=0)
+>>> graph = ls.symmetry.symmetry_graph(model)
+>>> _ = graph.check(model)
+"""
+
+from landscape.symmetry.graph import (
+    AxisRef,
+    Group,
+    RepairSite,
+    SymmetryCheckError,
+    SymmetryGraph,
+    example_input_for,
+    symmetry_graph,
+)
+from landscape.symmetry.layout import Atom, Fixed, Layout, Prod, Sum
+from landscape.symmetry.trace import UnsupportedOperationError
+from landscape.symmetry.transforms import KINDS, LinearMap, Permutation, SoftMap, Transform, random_transform
+
+__all__ = [
+    "KINDS",
+    "Atom",
+    "AxisRef",
+    "Fixed",
+    "Group",
+    "Layout",
+    "LinearMap",
+    "Permutation",
+    "Prod",
+    "RepairSite",
+    "SoftMap",
+    "Sum",
+    "SymmetryCheckError",
+    "SymmetryGraph",
+    "Transform",
+    "UnsupportedOperationError",
+    "apply",
+    "example_input_for",
+    "random_transform",
+    "symmetry_graph",
+]
+
+
+def apply(graph: SymmetryGraph, state, transforms, *, validate: bool = True):
+    """``graph.apply(state, transforms)``: transform a state by one transform per group.
+
+    See :meth:`SymmetryGraph.apply`.
+    """
+    return graph.apply(state, transforms, validate=validate)

@@ -158,6 +158,7 @@ def train(
     init_seed: int | None = None,
     data_seed: int = 0,
     start: Mapping[str, Tensor] | None = None,
+    resume_step: int = 0,
     checkpoint_steps: Iterable[int] = (),
     mask: Mapping[str, Tensor] | None = None,
     loss: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -189,6 +190,11 @@ def train(
         Seed of the data order (and of dropout); independent of the initialisation.
     start
         A State to start from (e.g. a checkpoint at step k); overrides ``init_seed``.
+    resume_step
+        Continue a run from its step k, as when rewinding to it (with ``start`` its state at k):
+        the learning-rate schedule and the data order (same ``data_seed``) pick up where
+        that run was at step k. ``steps``/``epochs`` still count the steps to take now, and
+        the schedule spans ``resume_step + steps``. The optimiser state starts fresh.
     checkpoint_steps
         Optimiser steps after which to keep a copy of the state (0 = the start).
     mask
@@ -271,7 +277,12 @@ def train(
     dtype = next((p.dtype for p in work.parameters() if p.is_floating_point()), torch.float32)
     x_train = x_train.to(device=device, dtype=dtype) if x_train.is_floating_point() else x_train.to(device)
     y_train = y_train.to(device)
+    if not isinstance(resume_step, int) or resume_step < 0:
+        raise bad_argument("train", "resume_step", expected="a step >= 0", found=repr(resume_step))
     order_gen = torch.Generator().manual_seed(int(data_seed))
+    for _ in range(resume_step // per_epoch):  # replay the orders of the epochs already done
+        torch.randperm(n, generator=order_gen)
+    skip_batches = resume_step % per_epoch
     checkpoints: dict[int, State] = {}
     losses, accs, lrs = np.zeros(total), np.zeros(total), np.zeros(total)
     eval_steps: list[int] = []
@@ -318,12 +329,12 @@ def train(
         torch.manual_seed(int(data_seed) + 1)
         while step < total:
             order = torch.randperm(n, generator=order_gen).to(device)
-            for start_idx in range(0, n, batch_size):
+            for start_idx in range(skip_batches * batch_size, n, batch_size):
                 if step >= total:
                     break
                 idx = order[start_idx : start_idx + batch_size]
                 xb, yb = x_train[idx], y_train[idx]
-                rate = lr_at(step, total, lr=lr, schedule=schedule, warmup=warmup)
+                rate = lr_at(resume_step + step, resume_step + total, lr=lr, schedule=schedule, warmup=warmup)
                 for group in opt.param_groups:
                     group["lr"] = rate
                 logits = model_output_logits(work(xb))
@@ -348,6 +359,7 @@ def train(
                     checkpoints[step] = snapshot(step)
                 if eval_pair is not None and (step % eval_every == 0 or step == total):
                     evaluate_test(step)
+            skip_batches = 0
     history = xr.Dataset(
         {
             "loss": (("step",), losses),

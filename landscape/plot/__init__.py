@@ -16,6 +16,10 @@ _FUNCTIONS = {
     "permutation_matrix": "landscape.plot.alignment",
     "alignment_barriers": "landscape.plot.alignment",
     "fusion_accuracy": "landscape.plot.alignment",
+    "probe_history": "landscape.plot.lottery",
+    "locality": "landscape.plot.lottery",
+    "imp": "landscape.plot.lottery",
+    "basins": "landscape.plot.lottery",
 }
 
 __all__ = sorted(_FUNCTIONS)

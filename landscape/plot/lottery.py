@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_basins", "plot_imp", "plot_locality", "plot_probe_history"]
+__all__ = ["basins", "imp", "locality", "probe_history"]
 
 NET_STYLES = (("teacher", {"linestyle": "--"}), ("teacher_calibrated", {"linestyle": ":"}), ("student", {}))
 
@@ -40,7 +40,7 @@ def _line(ax: Any, x: np.ndarray, values: xr.DataArray, **style: Any) -> None:
         ax.fill_between(x[keep], (mean - spread)[keep], (mean + spread)[keep], color=line.get_color(), alpha=0.2, lw=0)
 
 
-def plot_probe_history(history: xr.Dataset, *, probe: str = "linear", scaling: str = "raw", ax: Any = None) -> Any:
+def probe_history(history: xr.Dataset, ax: Any = None, *, probe: str = "linear", scaling: str = "raw") -> Any:
     """Probe accuracy of student and teacher over distillation epochs.
 
     Parameters
@@ -70,7 +70,7 @@ def plot_probe_history(history: xr.Dataset, *, probe: str = "linear", scaling: s
     return ax
 
 
-def plot_locality(result: xr.Dataset, *, probe: str = "linear", scaling: str = "raw", ax: Any = None) -> Any:
+def locality(result: xr.Dataset, ax: Any = None, *, probe: str = "linear", scaling: str = "raw") -> Any:
     """Final probe accuracy of the student over ``alpha_init`` (log scale), with the teacher's.
 
     Parameters
@@ -79,7 +79,7 @@ def plot_locality(result: xr.Dataset, *, probe: str = "linear", scaling: str = "
         A Dataset with ``accuracy`` over (``alpha_init``, ``net``, ``probe``, ``scaling``) and
         optionally ``seed``, e.g. final-epoch histories concatenated over ``alpha_init``.
     probe, scaling, ax
-        As in :func:`plot_probe_history`.
+        As in :func:`probe_history`.
 
     Returns
     -------
@@ -99,7 +99,7 @@ def plot_locality(result: xr.Dataset, *, probe: str = "linear", scaling: str = "
     return ax
 
 
-def plot_imp(result: xr.Dataset, *, metric: str = "test_accuracy", ax: Any = None) -> Any:
+def imp(result: xr.Dataset, ax: Any = None, *, metric: str = "test_accuracy") -> Any:
     """Accuracy against the fraction of weights remaining, one line per branch (and start).
 
     Parameters
@@ -141,7 +141,7 @@ def plot_imp(result: xr.Dataset, *, metric: str = "test_accuracy", ax: Any = Non
     return ax
 
 
-def plot_basins(result: xr.Dataset, *, split: str = "test", metric: str = "error_barrier", ax: Any = None) -> Any:
+def basins(result: xr.Dataset, ax: Any = None, *, split: str = "test", metric: str = "error_barrier") -> Any:
     """Barrier between two children of every start, with the stability threshold.
 
     Parameters

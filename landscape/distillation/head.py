@@ -1,0 +1,124 @@
+"""The DINO projection head of the random-teacher reference implementation.
+
+``DINOHead``: an MLP (linear + GELU per hidden layer) followed by an L2 bottleneck: a linear
+map (with bias) to ``bottleneck_dim``, L2 normalisation of the result, and a weight-normalised
+linear map without bias to ``out_dim`` outputs (every output's weight vector is normalised to
+unit length in the forward pass; this is the reference's default configuration
+``'-/lb/fn/wn/l/-'``). Linear weights start from a normal distribution with standard deviation
+0.02 truncated to [-2, 2], biases at zero (the reference's ``trunc_normal`` head
+initialisation).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from landscape.core.errors import bad_argument
+
+__all__ = ["DINOHead", "DistillationNet", "L2Bottleneck"]
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def _reset_linear(layer: nn.Linear, generator: torch.Generator | None) -> None:
+    with torch.no_grad():
+        nn.init.trunc_normal_(layer.weight, std=0.02, a=-2.0, b=2.0, generator=generator)
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+class L2Bottleneck(nn.Module):
+    """``normalize(W2) @ normalize(W1 x + b1)``: linear map to a bottleneck, L2 feature
+    normalisation, and a weight-normalised linear map without bias."""
+
+    def __init__(self, in_dim: int, bottleneck_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(in_dim, bottleneck_dim, bias=True)
+        self.lin2 = nn.Linear(bottleneck_dim, out_dim, bias=False)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        _reset_linear(self.lin1, generator)
+        _reset_linear(self.lin2, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.normalize(self.lin1(x), p=2, dim=-1)
+        return F.linear(x, F.normalize(self.lin2.weight, p=2, dim=-1))
+
+
+class DINOHead(nn.Module):
+    """MLP (``hidden_dims``, each linear + activation) and :class:`L2Bottleneck` to ``out_dim``.
+
+    With ``bottleneck_dim=0`` the bottleneck is replaced by a plain linear layer, as in the
+    reference implementation.
+
+    Examples
+    --------
+    >>> head = DINOHead(16, 32, hidden_dims=(8, 8), bottleneck_dim=4, seed=0)
+    >>> head(torch.randn(3, 16)).shape
+    torch.Size([3, 32])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        hidden_dims: Sequence[int] = (2048, 2048),
+        bottleneck_dim: int = 256,
+        activation: str = "gelu",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise bad_argument(
+                "DINOHead", "activation", expected=f"one of {sorted(ACTIVATIONS)}", found=repr(activation)
+            )
+        dims = [int(in_dim), *(int(h) for h in hidden_dims)]
+        for name, value in {
+            "in_dim": in_dim,
+            "out_dim": out_dim,
+            **{f"hidden_dims[{i}]": h for i, h in enumerate(hidden_dims)},
+        }.items():
+            if not isinstance(value, int) or value < 1:
+                raise bad_argument("DINOHead", name, expected="a positive integer", found=repr(value))
+        if not isinstance(bottleneck_dim, int) or bottleneck_dim < 0:
+            raise bad_argument(
+                "DINOHead",
+                "bottleneck_dim",
+                expected="a non-negative integer (0: no bottleneck)",
+                found=repr(bottleneck_dim),
+            )
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        for i, (a, b) in enumerate(itertools.pairwise(dims)):
+            layers[f"layer{i}"] = nn.Sequential(OrderedDict(lin=nn.Linear(a, b), act=ACTIVATIONS[activation]()))
+        self.mlp = nn.Sequential(layers)
+        self.last_layer: nn.Module = (
+            L2Bottleneck(dims[-1], bottleneck_dim, out_dim) if bottleneck_dim > 0 else nn.Linear(dims[-1], out_dim)
+        )
+        self.reset_parameters(torch.Generator().manual_seed(int(seed)) if seed is not None else None)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                _reset_linear(module, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.last_layer(self.mlp(x.flatten(1)))
+
+
+class DistillationNet(nn.Module):
+    """``head(encoder(x))``: a zoo model's feature extractor with a :class:`DINOHead`."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))

@@ -35,6 +35,8 @@ def main() -> None:
     ls.set_num_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
     epochs, sizes = (2, {"n_train": 400, "n_test": 200}) if args.quick else (args.epochs, {})
+    if args.quick:
+        args.seeds = 1
     data = ls.datasets.mnist1d(**sizes)
     run = ResumableRun(
         args.out, {"widths": widths, "seeds": args.seeds, "epochs": epochs, "data": sizes}, function="lmc_width"

@@ -8,9 +8,11 @@ import os
 import pytest
 import torch
 
-# Keep tests independent of a user's cache and fast on 2 cores.
+# Keep tests independent of a user's cache. One thread: the test models are tiny, and on a
+# busy 2-core machine two OpenMP threads per op wait on each other (measured: a tiny backward
+# pass 60 ms instead of under 1 ms).
 os.environ.setdefault("LANDSCAPE_CACHE_DIR", os.path.join(os.path.dirname(__file__), ".cache"))
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+torch.set_num_threads(1)
 
 ZOO_INPUTS = {
     "mlp": ({"width": 12, "depth": 2}, (40,)),

@@ -16,6 +16,7 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("LANDSCAPE_TINY", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch: one thread, as in the other tests
     monkeypatch.chdir(tmp_path)  # notebooks write their outputs into the working directory
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(

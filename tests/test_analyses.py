@@ -1,0 +1,112 @@
+"""Every figure script in analyses/ runs end to end at tiny settings (so none of them rots)."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
+TINY_DATA = ["--n-train", "200", "--n-test", "100"]
+HEAD = ["--hidden-dim", "16", "--bottleneck-dim", "8", "--out-dim", "32"]
+
+
+def _run(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    monkeypatch.syspath_prepend(str(ANALYSES))  # scripts import their siblings, as `python analyses/x.py` allows
+    try:
+        runpy.run_path(str(ANALYSES / script), run_name="__main__")
+    except SystemExit as done:
+        assert done.code in (0, None), f"{script} exited with {done.code}"
+
+
+@pytest.mark.parametrize(
+    "script", ["lmc_width.py", "surface.py", "instability.py", "alignment_barriers.py", "alignment_fusion.py"]
+)
+def test_quick_settings(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(script, ["--quick", "--out", str(tmp_path / "out")], monkeypatch)
+    assert any((tmp_path / "out").iterdir())
+
+
+def test_random_teacher_scripts_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    students = str(tmp_path / "rt")
+    common = ["--seeds", "0", *TINY_DATA, "--threads", "1"]
+    _run(
+        "random_teacher_probes.py",
+        ["--out", students, "--epochs", "1", "--probe-every", "1", *HEAD, *common],
+        monkeypatch,
+    )
+    _run(
+        "random_teacher_noise_control.py",
+        [
+            "--out",
+            str(tmp_path / "noise"),
+            "--epochs",
+            "1",
+            "--probe-every",
+            "1",
+            *HEAD,
+            *common,
+            "--compare",
+            students,
+        ],
+        monkeypatch,
+    )
+    _run(
+        "random_teacher_locality.py",
+        [
+            "--out",
+            str(tmp_path / "loc"),
+            "--epochs",
+            "1",
+            "--probe-every",
+            "1",
+            "--alphas",
+            "1e-10",
+            "1",
+            *HEAD,
+            *common,
+        ],
+        monkeypatch,
+    )
+    _run(
+        "lottery_imp.py",
+        [
+            "--out",
+            str(tmp_path / "imp"),
+            "--students",
+            students,
+            "--rounds",
+            "1",
+            "--epochs",
+            "1",
+            "--rewind-step",
+            "1",
+            *common,
+        ],
+        monkeypatch,
+    )
+    _run(
+        "linear_basins.py",
+        [
+            "--out",
+            str(tmp_path / "basins"),
+            "--students",
+            students,
+            "--steps",
+            "1",
+            "--epochs",
+            "1",
+            "--alphas",
+            "3",
+            *common,
+        ],
+        monkeypatch,
+    )
+    for folder in ("rt", "noise", "loc", "imp", "basins"):
+        assert any((tmp_path / folder).iterdir()), folder

@@ -110,3 +110,33 @@ def test_random_teacher_scripts_chain(tmp_path: Path, monkeypatch: pytest.Monkey
     )
     for folder in ("rt", "noise", "loc", "imp", "basins"):
         assert any((tmp_path / folder).iterdir()), folder
+
+
+@pytest.mark.lm
+def test_concept_scripts_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")
+    out = tmp_path / "concepts"
+    common = ["--model", "tiny", "--threads", "1", "--concepts", "sentiment"]
+    _run("concepts_detection.py", [str(out), "--n", "24", "--reads", "last", "--late", "1", *common], monkeypatch)
+    assert (out / "probes" / "sentiment-last-logistic.safetensors").exists()
+    _run(
+        "concepts_guidance.py",
+        [
+            str(out / "guidance"),
+            "--probes",
+            str(out / "probes"),
+            "--alphas",
+            "-0.1",
+            "0",
+            "0.1",
+            "--n-prompts",
+            "2",
+            "--n-reference",
+            "2",
+            "--max-new-tokens",
+            "3",
+            *common,
+        ],
+        monkeypatch,
+    )
+    assert (out / "guidance" / "summary.md").exists() and (out / "guidance" / "curves.png").exists()

@@ -135,7 +135,12 @@ class ResumableRun:
     SETTINGS = "settings.json"
 
     def __init__(
-        self, folder: str | os.PathLike, settings: Mapping[str, object], *, function: str = "ResumableRun"
+        self,
+        folder: str | os.PathLike,
+        settings: Mapping[str, object],
+        *,
+        function: str = "ResumableRun",
+        argument: str = "out",
     ) -> None:
         self.folder = Path(folder)
         self.settings = json.loads(json.dumps(dict(settings), default=str, sort_keys=True))
@@ -146,7 +151,7 @@ class ResumableRun:
             if differ:
                 details = "; ".join(f"{k}: {previous.get(k)!r} there, {self.settings.get(k)!r} now" for k in differ)
                 raise LandscapeError(
-                    f"{function}(out=...): expected an empty folder or one holding a run with the same settings; "
+                    f"{function}({argument}=...): expected an empty folder or one holding a run with the same settings; "
                     f"{str(self.folder)!r} holds a run whose settings differ ({details}). "
                     "Use another output folder, or the same settings to resume."
                 )

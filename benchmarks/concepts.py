@@ -37,6 +37,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128, help="examples (texts) extracted")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gen-repeats", type=int, default=9, help="repeats of the generation timing")
+    parser.add_argument(
+        "--tasks", nargs="+", choices=("extraction", "generation"), default=["extraction", "generation"]
+    )
     parser.add_argument("--gen-prompts", type=int, default=8)
     parser.add_argument("--gen-tokens", type=int, default=48)
     parser.add_argument("--cache", default=None, help="folder keeping the dequantised GGUF (faster reloads)")
@@ -66,7 +70,8 @@ def main() -> None:
     pairs = list(zip(texts[0::2], texts[1::2]))
     rows = []
     middle = list(range(depth // 4, (2 * depth) // 3 + 1))
-    for name, layers in ((f"all {depth} layers", list(range(depth))), (f"layers {middle[0]}-{middle[-1]}", middle)):
+    layer_sets = ((f"all {depth} layers", list(range(depth))), (f"layers {middle[0]}-{middle[-1]}", middle))
+    for name, layers in layer_sets if "extraction" in args.tasks else ():
 
         def ours(layers=layers):
             return cg.hidden_states(
@@ -104,6 +109,35 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]), flush=True)
 
+    if "generation" in args.tasks:
+        rows.append(generation_overhead(lm, tok, examples, depth, args))
+        print(json.dumps(rows[-1]), flush=True)
+    (out / "concepts.json").write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
+    lines = [
+        "| task | landscape | steering-vectors 0.12.2 | speedup | max abs diff |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "speedup" in row:
+            lines.append(
+                f"| {row['task']} ({row['tokens']} tokens) | {row['landscape_tok_s']:.0f} tok/s | "
+                f"{row['steering_vectors_tok_s']:.0f} tok/s | {row['speedup']:.2f}x | {row['max_abs_diff']:.1e} |"
+            )
+    lines += ["", "| generation | plain | guided | overhead |", "|---|---|---|---|"]
+    for row in rows:
+        if "overhead" in row:
+            lines.append(
+                f"| {row['task']} | {row['plain_tok_s']:.1f} tok/s | {row['guided_tok_s']:.1f} tok/s | "
+                f"{100 * row['overhead']:+.1f}% |"
+            )
+    (out / "concepts.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def generation_overhead(lm, tok, examples, depth: int, args: argparse.Namespace) -> dict:
+    """Greedy generation inside ``guide`` against the same generation without it."""
+    import landscape.concepts as cg
+
     probe = cg.fit_probe(cg.hidden_states(lm, tok, examples, progress=False), seed=0)
     prompts = list(dict.fromkeys(examples.prompts))[: args.gen_prompts]
 
@@ -117,41 +151,18 @@ def main() -> None:
 
     plain(), guided()
     times = {"plain": [], "guided": []}
-    for _ in range(args.repeats):
+    for _ in range(args.gen_repeats):  # interleaved, so that load on a shared machine hits both
         times["plain"] += _time(plain, 1)
         times["guided"] += _time(guided, 1)
     median = {k: statistics.median(v) for k, v in times.items()}
     generated = len(prompts) * args.gen_tokens
-    rows.append(
-        {
-            "task": f"generation, {len(prompts)} prompts x {args.gen_tokens} tokens, guided layers {guided.layers}",
-            "plain_tok_s": generated / median["plain"],
-            "guided_tok_s": generated / median["guided"],
-            "overhead": median["guided"] / median["plain"] - 1,
-            "times": times,
-        }
-    )
-    print(json.dumps(rows[-1]), flush=True)
-    (out / "concepts.json").write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
-    lines = [
-        "| task | landscape | steering-vectors 0.12.2 | speedup | max abs diff |",
-        "|---|---|---|---|---|",
-    ]
-    for row in rows[:-1]:
-        lines.append(
-            f"| {row['task']} ({row['tokens']} tokens) | {row['landscape_tok_s']:.0f} tok/s | "
-            f"{row['steering_vectors_tok_s']:.0f} tok/s | {row['speedup']:.2f}x | {row['max_abs_diff']:.1e} |"
-        )
-    last = rows[-1]
-    lines += [
-        "",
-        "| generation | plain | guided | overhead |",
-        "|---|---|---|---|",
-        f"| {last['task']} | {last['plain_tok_s']:.1f} tok/s | {last['guided_tok_s']:.1f} tok/s | "
-        f"{100 * last['overhead']:+.1f}% |",
-    ]
-    (out / "concepts.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return {
+        "task": f"generation, {len(prompts)} prompts x {args.gen_tokens} tokens, guided layers {guided.layers}",
+        "plain_tok_s": generated / median["plain"],
+        "guided_tok_s": generated / median["guided"],
+        "overhead": median["guided"] / median["plain"] - 1,
+        "times": times,
+    }
 
 
 if __name__ == "__main__":

@@ -273,22 +273,23 @@ class AffineFamily:
         return State(out)
 
 
-def combine(stacked: Tensor, row: Sequence[float]) -> Tensor:
+def combine(stacked: Tensor, row: Sequence[float], out: Tensor | None = None) -> Tensor:
     """``sum_m row[m] * stacked[m]`` for a stack of M tensors, as fused multiply-adds.
 
     A basis state is returned as is; two weights that sum to 1 use ``torch.lerp``, which is
     exact at both ends and returns ``x`` when ``x == y`` (a model interpolated with itself
     stays bit-identical, so its barrier is exactly 0). A (1 x M) @ (M x n) matrix product
-    would be a poor kernel for this on the CPU (measured 10x slower).
+    would be a poor kernel for this on the CPU (measured 10x slower). With ``out``, the
+    same operations write into it (same bits, no new tensor).
     """
     nonzero = [m for m, w in enumerate(row) if w != 0.0]
     if not nonzero:
-        return torch.zeros_like(stacked[0])
+        return torch.zeros_like(stacked[0]) if out is None else out.zero_()
     if len(nonzero) == 1 and row[nonzero[0]] == 1.0:
-        return stacked[nonzero[0]]
+        return stacked[nonzero[0]] if out is None else out.copy_(stacked[nonzero[0]])
     if len(nonzero) == 2 and row[nonzero[0]] + row[nonzero[1]] == 1.0:
-        return torch.lerp(stacked[nonzero[0]], stacked[nonzero[1]], row[nonzero[1]])
-    acc = stacked[nonzero[0]] * row[nonzero[0]]
+        return torch.lerp(stacked[nonzero[0]], stacked[nonzero[1]], row[nonzero[1]], out=out)
+    acc = torch.mul(stacked[nonzero[0]], row[nonzero[0]], out=out)
     for m in nonzero[1:]:
         acc.add_(stacked[m], alpha=row[m])
     return acc

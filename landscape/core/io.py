@@ -4,6 +4,7 @@ write each finished step as they go and resume where they stopped."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -21,7 +22,9 @@ from landscape.core.state import State, record_hash
 __all__ = ["ResumableRun", "checkpoint_record", "load_result", "provenance_attrs", "save_result", "to_json"]
 
 
+@functools.cache
 def library_version() -> str:
+    # importlib.metadata reads the installed files on every call (about 1 ms).
     try:
         from importlib.metadata import version
 

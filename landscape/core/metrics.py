@@ -27,12 +27,16 @@ def loss(logits: Tensor, targets: Tensor) -> Tensor:
     if flat.dtype in (torch.float16, torch.bfloat16):  # half precision loses too much in log-softmax
         flat = flat.float()
     per_position = F.cross_entropy(flat, targets.reshape(-1), reduction="none")
+    if targets.dim() == 1:  # one position per example (a tiny model pays for every extra kernel)
+        return per_position
     return per_position.reshape(targets.shape[0], -1).mean(dim=1)
 
 
 def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
     """Fraction of correct argmax predictions per example (1 or 0 for classification)."""
     correct = (logits.argmax(dim=-1) == targets).float()
+    if targets.dim() == 1:
+        return correct
     return correct.reshape(targets.shape[0], -1).mean(dim=1)
 
 
@@ -93,6 +97,8 @@ def batch_sum(metric: Metric, name: str, logits: Tensor, targets: Tensor) -> Ten
             expected=f"metric {name!r} to return one value per example ({n}) or a scalar",
             found=value,
         )
+    if value.dim() == 1:
+        return value.sum(dtype=torch.float64)
     return value.double().reshape(n, -1).mean(dim=1).sum()
 
 

@@ -1,6 +1,6 @@
 """The three ways the engine evaluates many parameter points; all give the same numbers.
 
-- ``loop``: one point at a time with ``torch.func.functional_call`` (no copies of the model).
+- ``loop``: one point at a time, copied into the engine's private copy of the model.
 - ``affine``: for a line or plane on the CPU. The first parametrised layer sees the same
   input at every point and its output is linear in its parameters, so its output at point
   k is ``sum_m w[k, m] * layer(x; basis_m)``: M products replace K. The rest of the network
@@ -26,10 +26,9 @@ from landscape.core.data import batches
 from landscape.core.family import AffineFamily, combine
 from landscape.core.metrics import model_output_logits
 
-__all__ = ["STRATEGIES", "Job", "find_first_layer"]
+__all__ = ["STRATEGIES", "Job", "find_first_layer", "first_layer_flop_share"]
 
 STRATEGIES = ("auto", "loop", "affine", "vmap")
-PARAMETER_CACHE_BYTES = 512 * 2**20
 # Exact types only: a subclass may override forward with something not linear in the weights
 # (weight standardisation, LoRA adapters, ...).
 LINEAR_IN_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
@@ -70,27 +69,88 @@ def _forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
     return model_output_logits(functional_call(model, params, (x,)))
 
 
-def _recompute_bn(
-    job: Job, params: dict[str, Tensor], run: Callable[[dict[str, Tensor], Tensor], object]
-) -> dict[str, Tensor]:
-    """Running statistics of one point, recomputed from the BN batches (size-weighted)."""
-    buffers = fresh_bn_buffers(params, job.bn_keys)
-    merged = {**params, **buffers}
+class PointRunner:
+    """Puts the job's model at one parameter point after another and runs it.
+
+    The model is the engine's private copy, so a point is written straight into the model's
+    own tensors (``functional_call`` instead re-binds every tensor on every call, which
+    measured about 10% of a ViT evaluation on the CPU, and building the point first doubles
+    the memory traffic). Points whose dtypes, shapes or devices differ from the model's fall
+    back to ``functional_call``, which computes in the points' dtype.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.model = job.model
+        self.family = job.family
+        self.device = job.device
+        self.slots = {
+            **dict(job.model.named_parameters(remove_duplicate=False)),
+            **dict(job.model.named_buffers(remove_duplicate=False)),
+        }
+        self.basis = job.family.device_basis(job.device)
+        self.in_place = all(
+            key in self.slots
+            and self.slots[key].shape == value.shape[1:]
+            and self.slots[key].dtype == value.dtype
+            and self.slots[key].device == value.device
+            for key, value in self.basis.items()
+        )
+        self.params: dict[str, Tensor] = {}
+
+    def set_point(self, k: int, keys: Sequence[str] | None = None, extra: dict[str, Tensor] | None = None) -> None:
+        """Point ``k`` (only the entries ``keys``), then ``extra`` entries on top."""
+        if not self.in_place:
+            self.params = {**self.family.state_on(k, self.device, keys), **(extra or {})}
+            return
+        row = self.family.weights[k].tolist()
+        anchor = self.family.anchor_of(row)
+        with torch.no_grad():
+            for key in keys if keys is not None else self.basis:
+                stacked, slot = self.basis[key], self.slots[key]
+                if stacked.is_floating_point() or stacked.is_complex():
+                    combine(stacked, row, out=slot)
+                else:
+                    slot.copy_(stacked[anchor])
+            for key, value in (extra or {}).items():
+                self.slots[key].copy_(value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.in_place:
+            return model_output_logits(self.model(x))
+        return _forward(self.model, self.params, x)
+
+    def keep(self, buffers: dict[str, Tensor]) -> None:
+        """Copy the model's current values of ``buffers``' keys into them: BatchNorm updates its
+        running statistics in the model's tensors (with ``functional_call``, in ``buffers``)."""
+        if self.in_place:
+            with torch.no_grad():
+                for key, value in buffers.items():
+                    value.copy_(self.slots[key])
+
+
+def _recompute_bn(job: Job, runner: PointRunner, k: int) -> dict[str, Tensor]:
+    """Running statistics of point ``k``, recomputed from the BN batches (size-weighted). The
+    runner is left at the point with these statistics."""
+    buffers = fresh_bn_buffers(job.family.state_on(k, job.device, job.bn_keys), job.bn_keys)
+    runner.set_point(k, extra=buffers)
     with recompute_mode(job.model) as before_batch:
         for xb in job.bn_batches():
             before_batch(xb.shape[0])
-            run(merged, xb)
+            runner.forward(xb)
+    runner.keep(buffers)
     return buffers
 
 
 # -- loop ------------------------------------------------------------------------------
 def run_loop(job: Job, consume: Consume) -> None:
+    runner = PointRunner(job)
     for k in range(len(job.family)):
-        params = job.family.state_on(k, job.device)
         if job.bn_keys:
-            params = {**params, **_recompute_bn(job, params, lambda p, x: _forward(job.model, p, x))}
+            _recompute_bn(job, runner, k)
+        else:
+            runner.set_point(k)
         for split, xb, yb in job.data_batches():
-            consume([k], split, _forward(job.model, params, xb)[None], yb)
+            consume([k], split, runner.forward(xb)[None], yb)
             job.tick(1)
 
 
@@ -101,9 +161,9 @@ def run_vmap(job: Job, consume: Consume, points_per_chunk: int) -> None:
     bn_buffers: list[dict[str, Tensor]] = []
     if job.bn_keys:
         # In-place running-statistic updates cannot run under vmap: recompute them point by point.
+        runner = PointRunner(job)
         for k in range(k_total):
-            params = job.family.state_on(k, job.device)
-            bn_buffers.append(_recompute_bn(job, params, lambda p, x: _forward(job.model, p, x)))
+            bn_buffers.append(_recompute_bn(job, runner, k))
 
     def chunk(idx: list[int]) -> dict[str, Tensor]:
         stacked = dict(job.family.stacked(idx, job.device))
@@ -158,6 +218,8 @@ def _probe_points(family: AffineFamily, device: torch.device) -> list[dict[str, 
     """Parameter sets under which the first layer's input must not change: every basis state,
     three real points of the family, and the origin with every entry set to NaN."""
     rows = sorted({0, len(family) // 2, len(family) - 1})
+    # A point that is a basis state (a line's ends) would repeat a probe already made.
+    rows = [k for k in rows if sorted(w for w in family.weights[k].tolist() if w != 0.0) != [1.0]]
     points = [_basis_params(family, m, device) for m in range(len(family.basis))]
     points += [family.state_on(k, device) for k in rows]
     nan = {k: torch.full_like(t, float("nan")) if t.is_floating_point() else t for k, t in points[0].items()}
@@ -233,6 +295,38 @@ def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor) -> 
     return FirstLayer(name=name, module=module, keys=keys, tied=tied)
 
 
+def first_layer_flop_share(model: nn.Module, family: AffineFamily, sample: Tensor) -> float:
+    """The share of a forward pass's floating-point operations spent in the first
+    Linear/Conv layer (0 for an Embedding, a lookup), counted on ``sample``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    first: list[tuple[nn.Module, Tensor]] = []
+
+    def hook(module: nn.Module, args: tuple, output: object) -> None:
+        if not first and isinstance(output, Tensor):
+            first.append((module, output))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if type(m) in LINEAR_IN_PARAMETERS]
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            _forward(model, _basis_params(family, 0, sample.device), sample)
+    except Exception:
+        return 0.0  # let the strategies report the failure
+    finally:
+        for h in hooks:
+            h.remove()
+    total = counter.get_total_flops()
+    if not first or not total:
+        return 0.0
+    module, output = first[0]
+    if isinstance(module, nn.Embedding):
+        return 0.0
+    # A Linear or Conv costs two operations per weight per output position.
+    per_output = module.weight[0].numel()
+    return min(1.0, 2 * output.numel() * per_output / total)
+
+
 @contextlib.contextmanager
 def _overridden_forward(module: nn.Module, forward: Callable[..., Tensor]) -> Iterator[None]:
     """Replace ``module.forward`` on this instance only. The module stays in place, so code that
@@ -247,12 +341,12 @@ def _overridden_forward(module: nn.Module, forward: Callable[..., Tensor]) -> It
 def run_affine(job: Job, consume: Consume, first: FirstLayer) -> None:
     family = job.family
     basis = family.device_basis(job.device)
-    # The first layer's own parameters need not be materialised per point unless another
-    # module shares them; otherwise the origin's tensors stand in (the forward ignores them).
+    # The first layer's own parameters need not be set per point unless another module shares
+    # them: its forward is replaced by the mix of the basis outputs.
     per_point_keys = list(basis) if first.tied else [k for k in basis if k not in first.keys]
-    fixed = {} if first.tied else {k: basis[k][0] for k in first.keys}
     weights = family.weights.tolist()
     state = {"mode": "capture", "value": None, "captured": None}
+    runner = PointRunner(job)
 
     layer_forward = type(first.module).forward
 
@@ -264,52 +358,44 @@ def run_affine(job: Job, consume: Consume, first: FirstLayer) -> None:
             return layer_forward(first.module, x)
         return state["value"]
 
-    def basis_outputs(xb: Tensor) -> Tensor:
+    def layer_outputs(x_in: Tensor) -> Tensor:
         """The first layer's output for every basis state, shape (M, n, ...)."""
+        return torch.stack(
+            [
+                functional_call(first.module, {local: basis[key][m] for key, local in first.keys.items()}, (x_in,))
+                for m in range(len(family.basis))
+            ]
+        )
+
+    def basis_outputs(xb: Tensor) -> Tensor:
         state["mode"] = "capture"
         try:
-            _forward(job.model, _basis_params(family, 0, job.device), xb)
+            # Nothing before the first layer depends on the parameters (find_first_layer
+            # checked), so whichever point the model holds gives its input.
+            if runner.in_place:
+                job.model(xb)
+            else:
+                _forward(job.model, _basis_params(family, 0, job.device), xb)
         except _Stop:
             pass
         x_in, state["captured"] = state["captured"], None
         state["mode"] = "original"
-        outs = [
-            functional_call(first.module, {local: basis[key][m] for key, local in first.keys.items()}, (x_in,))
-            for m in range(len(family.basis))
-        ]
-        return torch.stack(outs)
-
-    def run_point(k: int, outputs: Tensor, params: dict[str, Tensor], xb: Tensor) -> Tensor:
-        state["mode"], state["value"] = "inject", combine(outputs, weights[k])
-        return _forward(job.model, params, xb)
+        return layer_outputs(x_in)
 
     bn_buffers = (
         [fresh_bn_buffers(family.state_on(k, job.device, job.bn_keys), job.bn_keys) for k in range(len(family))]
         if job.bn_keys
         else []
     )
-    # Materialise each point's parameters once for all data batches when they fit.
-    point_bytes = sum(basis[k][0].numel() * basis[k].element_size() for k in per_point_keys)
-    cache: dict[int, dict[str, Tensor]] | None = {} if len(family) * point_bytes <= PARAMETER_CACHE_BYTES else None
 
-    def point_params(k: int) -> dict[str, Tensor]:
-        if cache is not None and k in cache:
-            return cache[k]
-        params = {**fixed, **family.state_on(k, job.device, per_point_keys)}
-        if bn_buffers:
-            params.update(bn_buffers[k])  # updated in place by the statistics pass
-        if cache is not None:
-            cache[k] = params
-        return params
+    def run_point(k: int, outputs: Tensor, xb: Tensor) -> Tensor:
+        runner.set_point(k, per_point_keys, extra=bn_buffers[k] if bn_buffers else None)
+        state["mode"], state["value"] = "inject", combine(outputs, weights[k])
+        return runner.forward(xb)
 
     if first.name == "":  # the whole model is the linear layer
         for split, xb, yb in job.data_batches():
-            outputs = torch.stack(
-                [
-                    functional_call(first.module, {local: basis[key][m] for key, local in first.keys.items()}, (xb,))
-                    for m in range(len(family.basis))
-                ]
-            )
+            outputs = layer_outputs(xb)
             for k in range(len(family)):
                 consume([k], split, model_output_logits(combine(outputs, weights[k]))[None], yb)
                 job.tick(1)
@@ -321,10 +407,11 @@ def run_affine(job: Job, consume: Consume, first: FirstLayer) -> None:
                     before_batch(xb.shape[0])
                     outputs = basis_outputs(xb)
                     for k in range(len(family)):
-                        run_point(k, outputs, point_params(k), xb)
+                        run_point(k, outputs, xb)
+                        runner.keep(bn_buffers[k])
         for split, xb, yb in job.data_batches():
             outputs = basis_outputs(xb)
             for k in range(len(family)):
-                consume([k], split, run_point(k, outputs, point_params(k), xb)[None], yb)
+                consume([k], split, run_point(k, outputs, xb)[None], yb)
                 job.tick(1)
     state["value"] = None

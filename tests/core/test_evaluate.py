@@ -71,6 +71,25 @@ def test_plane_is_evaluated_with_the_affine_strategy_and_matches_the_loop() -> N
     np.testing.assert_allclose(fast.loss.values, slow.loss.values, rtol=1e-5)
 
 
+def test_first_layer_flop_share_is_the_hand_count_and_decides_the_cpu_strategy() -> None:
+    from landscape.core.strategies import first_layer_flop_share
+
+    wide = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    x = torch.randn(5, 64)
+    line = AffineFamily.line(ls.state_of(wide), ls.state_of(wide), 3)
+    assert first_layer_flop_share(wide, line, x) == pytest.approx(64 * 32 / (64 * 32 + 32 * 4))
+    y = torch.randint(0, 4, (5,))
+    assert ls.evaluate(wide, line, (x, y), progress=False).attrs["strategy"] == "affine"
+    # A cheap first layer (8 of 8 + 8 * 256 + 256 * 4 operations per example): the loop runs.
+    narrow = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Linear(8, 256), torch.nn.Linear(256, 4))
+    line = AffineFamily.line(ls.state_of(narrow), ls.state_of(narrow), 3)
+    assert first_layer_flop_share(narrow, line, x[:, :1]) == pytest.approx(8 / (8 + 8 * 256 + 256 * 4))
+    assert ls.evaluate(narrow, line, (x[:, :1], y), progress=False).attrs["strategy"] == "loop"
+    embedding = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    line = AffineFamily.line(ls.state_of(embedding), ls.state_of(embedding), 3)
+    assert first_layer_flop_share(embedding, line, torch.randint(0, 10, (2, 3))) == 0.0
+
+
 def test_named_points_labels_and_dims() -> None:
     model = _zoo("mlp", 0)
     x, y = zoo_data("mlp")

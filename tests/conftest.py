@@ -8,11 +8,20 @@ import os
 import pytest
 import torch
 
-# Keep tests independent of a user's cache. One thread: the test models are tiny, and on a
-# busy 2-core machine two OpenMP threads per op wait on each other (measured: a tiny backward
-# pass 60 ms instead of under 1 ms).
+# Keep tests independent of a user's cache.
 os.environ.setdefault("LANDSCAPE_CACHE_DIR", os.path.join(os.path.dirname(__file__), ".cache"))
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread per test, restored after tests that set their own: the test models are
+    tiny, and on a busy 2-core machine two OpenMP threads per op wait on each other (measured:
+    a tiny backward pass 60 ms instead of under 1 ms)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 ZOO_INPUTS = {
     "mlp": ({"width": 12, "depth": 2}, (40,)),

@@ -12,6 +12,21 @@ import torch
 os.environ.setdefault("LANDSCAPE_CACHE_DIR", os.path.join(os.path.dirname(__file__), ".cache"))
 
 
+def _test_devices() -> list[str]:
+    """The CPU always; CUDA too when it is present or ``LANDSCAPE_TEST_DEVICE=cuda`` asks for it
+    (then a machine without CUDA fails the CUDA cases instead of skipping them silently)."""
+    devices = ["cpu"]
+    if torch.cuda.is_available() or os.environ.get("LANDSCAPE_TEST_DEVICE", "").startswith("cuda"):
+        devices.append(os.environ.get("LANDSCAPE_TEST_DEVICE") or "cuda")
+    return devices
+
+
+@pytest.fixture(params=_test_devices())
+def device(request) -> str:
+    """Every engine-path test takes this fixture, so the suite checks each available device."""
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One torch thread per test, restored after tests that set their own: the test models are

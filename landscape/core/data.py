@@ -3,7 +3,7 @@ users pass (tensors, arrays, dicts, DataLoaders) into that one form."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +12,7 @@ from torch import Tensor
 
 from landscape.core.errors import bad_argument, describe
 
-__all__ = ["Splits", "as_splits", "batches"]
+__all__ = ["Splits", "as_splits", "batch_slices", "batches", "padded_batches"]
 
 Pair = tuple[Tensor, Tensor]
 
@@ -162,9 +162,53 @@ def as_splits(data: object, *, function: str = "evaluate", argument: str = "data
     return Splits({"data": _pair(data, function=function, argument=argument)}), True
 
 
+def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``batch_size`` out of ``n`` items: the one batching loop
+    every part of the library uses."""
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise bad_argument("batches", "batch_size", expected="a positive integer", found=describe(batch_size))
+    return (slice(start, min(start + batch_size, n)) for start in range(0, n, int(batch_size)))
+
+
 def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[Pair]:
     """Consecutive slices of ``batch_size`` examples (views, no copies)."""
-    if batch_size < 1:
-        raise bad_argument("batches", "batch_size", expected="a positive integer", found=describe(batch_size))
-    for start in range(0, x.shape[0], batch_size):
-        yield x[start : start + batch_size], y[start : start + batch_size]
+    for s in batch_slices(x.shape[0], batch_size):
+        yield x[s], y[s]
+
+
+def padded_batches(
+    sequences: Sequence[Sequence[int]],
+    batch_size: int,
+    *,
+    pad_id: int,
+    side: str = "right",
+    longest_first: bool = True,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """Token sequences in padded batches: ``(rows, input_ids, attention_mask)``.
+
+    With ``longest_first`` the sequences are taken longest first (ties in input order), so
+    each batch pads to little more than its own length; ``rows`` gives each batch row's index
+    into ``sequences``. ``side="left"`` pads on the left, as generation needs.
+
+    Examples
+    --------
+    >>> [(rows, ids.tolist()) for rows, ids, _ in padded_batches([[1], [2, 3]], 2, pad_id=0)]
+    [([1, 0], [[2, 3], [1, 0]])]
+    """
+    if side not in ("left", "right"):
+        raise bad_argument("padded_batches", "side", expected="'left' or 'right'", found=repr(side))
+    order = list(range(len(sequences)))
+    if longest_first:
+        order.sort(key=lambda i: (-len(sequences[i]), i))
+    for s in batch_slices(len(order), batch_size):
+        rows = order[s]
+        length = max(len(sequences[i]) for i in rows)
+        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids = torch.as_tensor(list(sequences[i]), dtype=torch.long)
+            where = slice(0, len(ids)) if side == "right" else slice(length - len(ids), length)
+            input_ids[r, where] = ids
+            mask[r, where] = 1
+        yield rows, input_ids.to(device), mask.to(device)

@@ -257,6 +257,9 @@ def surface(
     unit = _axis_unit(ds)
     axis.set_xlabel(f"α ({unit})")
     axis.set_ylabel(f"β ({unit})")
+    for which in (axis.xaxis, axis.yaxis):  # at most 6 ticks written short: -1, -0.5, 0, ...
+        which.set_major_locator(mticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        which.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
     save(axis, path)
     return axis
 
@@ -385,6 +388,8 @@ def instability(ds: xr.Dataset, ax: Any = None, *, split: str = "test", path: Pa
     -------
     matplotlib Axes
     """
+    import matplotlib.ticker as mticker
+
     axis = ax if ax is not None else new_axes(1)[0]
     threshold = float(ds.attrs.get("threshold", 0.02))
     if "step" in ds.dims:
@@ -401,7 +406,12 @@ def instability(ds: xr.Dataset, ax: Any = None, *, split: str = "test", path: Pa
             # Linear up to step 1 and logarithmic beyond: step 0 stays on the axis and the
             # early steps, where stability usually changes, are spread out.
             axis.set_xscale("symlog", linthresh=1)
+            axis.set_xlim(-0.4, steps.max() * 1.4)
             xlabel += " (log scale above 1)"
+        if steps.size <= 8:  # label the measured steps themselves
+            axis.xaxis.set_major_locator(mticker.FixedLocator(steps))
+            axis.xaxis.set_minor_locator(mticker.NullLocator())
+            axis.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_xlabel(xlabel)
         axis.set_ylabel(label("error_barrier"))
         axis.set_ylim(bottom=min(0.0, float(np.nanmin(barrier.values)) * 100))

@@ -58,7 +58,10 @@ def checkpoints(tmp_path_factory):
 
 def test_cli_train_evaluate_lmc_plane_surface(checkpoints, tmp_path, capsys) -> None:
     assert main(["evaluate", *checkpoints[:2], *SIZES, "--out", str(tmp_path / "e.nc")]) == 0
-    assert "m0.safetensors" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "m0.safetensors" in printed and "accuracy (%)" in printed and "loss (nats)" in printed
+    for value in ls.load_result(tmp_path / "e.nc").accuracy.values.ravel():  # fractions saved, percent printed
+        assert f"{100 * value:.2f}" in printed
     lmc = ["lmc", *checkpoints[:2], "--alphas", "5", *SIZES, "--out", str(tmp_path / "l.nc")]
     assert main([*lmc, "--plot", str(tmp_path / "l.png")]) == 0
     printed = capsys.readouterr().out

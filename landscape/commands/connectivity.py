@@ -111,9 +111,12 @@ def _finish(args: argparse.Namespace, result, draw) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         axes = draw(result)
         first = axes[0] if isinstance(axes, list) else axes
-        first.figure.savefig(output_path(args.plot), dpi=150)
+        first.figure.savefig(output_path(args.plot), dpi=150, bbox_inches="tight")
+        plt.close(first.figure)
         print(f"wrote {args.plot}")
 
 
@@ -142,7 +145,7 @@ def run_lmc(args: argparse.Namespace) -> int:
     )
     table = connectivity.barriers(curve).to_dataframe()
     table["error_barrier"] *= 100
-    print("barriers (loss in nats, error in percentage points; the returned result holds fractions):")
+    print("barriers (loss in nats, error in percentage points; the --out file holds fractions):")
     print(table.unstack("split").to_string(float_format=lambda v: f"{v:.3f}"))
     _finish(args, curve, plot.curve)
     return 0
@@ -241,7 +244,7 @@ def run_instability(args: argparse.Namespace) -> int:
     table = table.rename(columns={"error_barrier": "error barrier (pp)", "loss_barrier": "loss barrier (nats)"})
     print(
         f"instability: barrier between two children per start step (error in percentage points; stable below "
-        f"{100 * args.threshold:g} points; the returned result holds fractions):"
+        f"{100 * args.threshold:g} points; the --out file holds fractions):"
     )
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     _finish(args, result, plot.instability)

@@ -133,9 +133,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def format_table(result) -> str:
-    """A plain-text table of a result over ``point`` and ``split``."""
+    """A plain-text table of a result over ``point`` and ``split``: accuracy and error in
+    percent, the loss in nats, each said in its column header (the saved result holds fractions)."""
     frame = result.to_dataframe()
-    return frame.to_string(float_format=lambda v: f"{v:.4f}")
+    columns, formats = {}, {}
+    for name in frame.columns:
+        if name in ("accuracy", "error"):
+            frame[name] = frame[name] * 100
+            columns[name] = f"{name} (%)"
+            formats[columns[name]] = "{:.2f}".format
+        elif name == "loss":
+            columns[name] = "loss (nats)"
+            formats[columns[name]] = "{:.4f}".format
+    return frame.rename(columns=columns).to_string(formatters=formats, float_format=lambda v: f"{v:.4f}")
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -185,7 +185,7 @@ def basins(
     mean, spread = _mean_spread(values * scale)
     labels = [str(s) for s in result["start"].values]
     ax.bar(range(len(labels)), mean, yerr=spread, capsize=3, color="tab:blue")
-    ax.set_xticks(range(len(labels)), labels, rotation=20)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", rotation_mode="anchor")
     threshold = result.attrs.get("threshold")
     if metric == "error_barrier" and threshold is not None:
         ax.axhline(float(threshold) * 100, color="k", linestyle="--", lw=1, label="stability threshold")

@@ -343,10 +343,12 @@ def test_alignment_barriers_takes_library_curves_and_the_analysis_layout(results
     expected = float(C.barrier(curve, metric="loss").sel(split="test"))
     np.testing.assert_allclose(loss.patches[0].get_height(), expected)
     # The layout of analyses/alignment_barriers.py: lines against width, one per method + endpoints.
-    table = xr.concat([curve, aligned], dim="alignment").assign_coords(alignment=["none", "weights"])
+    table = xr.concat([curve, aligned, aligned], dim="alignment").assign_coords(alignment=["none", "weights", "ot"])
     table = table.expand_dims(width=[32, 128], pair=[0, 1], correction=["none"]).transpose("width", "pair", ...)
     ax = plot.alignment_barriers(table)
-    assert len(ax.get_lines()) >= 3 and ax.get_xlabel() == "width"
+    assert ax.get_xlabel() == "width" and ax.get_title() == "interpolation midpoint, no correction"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["endpoints", "vanilla", "weights", "ot (same as weights)"]
     with pytest.raises(LandscapeError):
         plot.alignment_barriers({"vanilla": curve}, correction="repair")
 

@@ -239,19 +239,16 @@ def alignment_barriers(
             mean, spread = mean_and_spread(ends, REPEATS)
             ax.errorbar(widths, mean, yerr=spread, color="k", ls="--", marker="s", ms=3, label="endpoints")
         styles = ["-", "-", "-", "--", ":"]
+        drawn: list[tuple[str, np.ndarray]] = []
         for i, (method, name) in enumerate(zip(methods, names)):
             mean, spread = mean_and_spread(shown.sel(alignment=method), REPEATS)
-            ax.errorbar(
-                widths,
-                mean,
-                yerr=spread,
-                marker="o",
-                ms=3,
-                capsize=2,
-                color=f"C{i}",
-                ls=styles[i % len(styles)],
-                label=name,
-            )
+            style: dict[str, object] = {"marker": "o", "ms": 3, "ls": styles[i % len(styles)]}
+            same = next((other for other, values in drawn if np.array_equal(values, mean, equal_nan=True)), None)
+            if same is not None:  # e.g. exact OT finds weight matching's permutation: say so
+                style = {"marker": "x", "ms": 6, "ls": (0, (4, 3))}
+                name = f"{name} (same as {same})"
+            ax.errorbar(widths, mean, yerr=spread, capsize=2, color=f"C{i}", label=name, **style)
+            drawn.append((name, mean))
         ax.set_xscale("log", base=2)
         ax.set_xticks(widths, [str(int(w)) for w in widths])
         ax.set_xlabel("width")
@@ -279,7 +276,8 @@ def alignment_barriers(
     ax.set_ylabel(ylabel)
     if corrected:
         what = {"none": "no correction", "repair": "REPAIR", "bn_reset": "BN reset"}.get(correction, correction)
-        ax.set_title(f"interpolation midpoint ({what})", fontsize="medium")
+        title = "interpolation midpoint" if metric == "accuracy" else "barrier (max over α minus endpoints' mean)"
+        ax.set_title(f"{title}, {what}", fontsize="medium")
     ax.grid(alpha=0.3, axis="y")
     save(ax, path)
     return ax

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from landscape.plot.style import PathLike, log_ticks, one_axes, save, tick_text
+from landscape.plot.style import PathLike, log_ticks, one_axes, save, short_formatter, tick_text
 
 __all__ = ["detection", "guidance", "pnes_fit"]
 
@@ -21,7 +21,7 @@ def _alpha_axis(ax: Any, alphas: np.ndarray) -> None:
     ax.xaxis.set_major_locator(
         mticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10], symmetric=bool(np.any(alphas < 0)))
     )
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_major_formatter(short_formatter())
 
 
 def detection(

@@ -9,7 +9,17 @@ import numpy as np
 import xarray as xr
 
 from landscape.core.errors import bad_argument
-from landscape.plot.style import PathLike, label, log_ticks, new_axes, save, scaled, split_color, tick_text
+from landscape.plot.style import (
+    PathLike,
+    label,
+    log_ticks,
+    new_axes,
+    save,
+    scaled,
+    short_formatter,
+    split_color,
+    tick_text,
+)
 
 __all__ = ["curve", "curves", "instability", "surface", "surface3d"]
 
@@ -259,7 +269,7 @@ def surface(
     axis.set_ylabel(f"β ({unit})")
     for which in (axis.xaxis, axis.yaxis):  # at most 6 ticks written short: -1, -0.5, 0, ...
         which.set_major_locator(mticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
-        which.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        which.set_major_formatter(short_formatter())
     save(axis, path)
     return axis
 
@@ -411,7 +421,7 @@ def instability(ds: xr.Dataset, ax: Any = None, *, split: str = "test", path: Pa
         if steps.size <= 8:  # label the measured steps themselves
             axis.xaxis.set_major_locator(mticker.FixedLocator(steps))
             axis.xaxis.set_minor_locator(mticker.NullLocator())
-            axis.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.xaxis.set_major_formatter(short_formatter())
         axis.set_xlabel(xlabel)
         axis.set_ylabel(label("error_barrier"))
         axis.set_ylim(bottom=min(0.0, float(np.nanmin(barrier.values)) * 100))

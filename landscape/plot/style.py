@@ -98,6 +98,13 @@ def tick_text(value: float) -> str:
     return np.format_float_positional(value, precision=3, unique=True, fractional=False, trim="-")
 
 
+def short_formatter() -> Any:
+    """Tick labels as short as the value allows (0.5, not 0.50), with matplotlib's minus sign."""
+    import matplotlib.ticker as mticker
+
+    return mticker.FuncFormatter(lambda value, _: f"{value:g}".replace("-", "\N{MINUS SIGN}"))
+
+
 def mean_and_spread(values: Any, dims: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean and standard deviation over the repeat dims present (``seed``, ``pair``); no spread
     when there is no repeat."""

@@ -103,11 +103,13 @@ def batch_sum(metric: Metric, name: str, logits: Tensor, targets: Tensor) -> Ten
 
 
 def model_output_logits(output: object) -> Tensor:
-    """Logits from a model's output: a tensor, an object with ``.logits`` (Hugging Face), or
-    the first element of a tuple."""
+    """Logits from a model's output: a tensor, an object with ``.logits`` (Hugging Face), a
+    mapping with a ``"logits"`` entry, or the first element of a tuple."""
     if isinstance(output, Tensor):
         return output
     logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
     if isinstance(logits, Tensor):
         return logits
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):

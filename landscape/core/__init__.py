@@ -6,6 +6,7 @@ the engine's public API; modules whose names start with an underscore are privat
 """
 
 from landscape.core._run import PRECISIONS, PointBatch, PointRun, recompute_bn, run_points
+from landscape.core._sources import Loader, TokenData
 from landscape.core._strategies import DEFAULT_BN_BATCH_SIZE, STRATEGIES
 from landscape.core.checkpoints import load_state, save_state
 from landscape.core.data import Splits, as_splits, batch_slices, batches, padded_batches
@@ -45,6 +46,7 @@ __all__ = [
     "AffineFamily",
     "CheckpointError",
     "LandscapeError",
+    "Loader",
     "Metric",
     "PointBatch",
     "PointRun",
@@ -52,6 +54,7 @@ __all__ = [
     "Splits",
     "State",
     "StateMismatchError",
+    "TokenData",
     "add",
     "as_family",
     "as_splits",

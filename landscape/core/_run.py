@@ -16,12 +16,11 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from landscape.core._sources import Batch, Source, as_sources, for_model
 from landscape.core._strategies import (
     DEFAULT_BN_BATCH_SIZE,
     STRATEGIES,
-    Batch,
     Capture,
-    Inputs,
     Job,
     PointBatch,
     PointRunner,
@@ -33,7 +32,6 @@ from landscape.core._strategies import (
     run_vmap,
 )
 from landscape.core.batchnorm import bn_buffer_keys
-from landscape.core.data import Splits, as_splits
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.family import AffineFamily, as_family
@@ -64,57 +62,10 @@ def _input_dtype(family: AffineFamily) -> torch.dtype:
     return torch.float32
 
 
-def _to_device(x: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
-    return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
-
-
-def _unlabelled(x: object, *, function: str, argument: str) -> Tensor | None:
-    """Inputs without labels (a tensor or an array), else None."""
-    import numpy as np
-
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if isinstance(x, Tensor):
-        if x.dim() == 0 or x.shape[0] == 0:
-            raise bad_argument(function, argument, expected="inputs with at least one example", found=x)
-        return x
-    return None
-
-
-def _split_inputs(data: object, *, function: str, argument: str) -> tuple[dict[str, Inputs], bool, Splits | None]:
-    """User data as named splits of inputs (targets None for unlabelled inputs)."""
-    x = _unlabelled(data, function=function, argument=argument)
-    if x is not None:
-        return {"data": Inputs((x,), {}, None, x.shape[0])}, True, None
-    splits, single = as_splits(data, function=function, argument=argument)
-    return {name: Inputs((x,), {}, y, y.shape[0]) for name, (x, y) in splits.items()}, single, splits
-
-
-def _move(inputs: Inputs, device: torch.device, dtype: torch.dtype) -> Inputs:
-    return Inputs(
-        tuple(_to_device(a, device, dtype) for a in inputs.args),
-        {k: _to_device(v, device, dtype) for k, v in inputs.kwargs.items()},
-        None if inputs.targets is None else inputs.targets.to(device),
-        inputs.size,
-    )
-
-
-def _channels_last(inputs: Inputs) -> Inputs:
-    return Inputs(
-        tuple(a.contiguous(memory_format=torch.channels_last) if a.dim() == 4 else a for a in inputs.args),
-        inputs.kwargs,
-        inputs.targets,
-        inputs.size,
-    )
-
-
-def _prefers_channels_last(model: nn.Module, splits: Mapping[str, Inputs]) -> bool:
+def _prefers_channels_last(model: nn.Module, sample: Batch) -> bool:
     """Image batches into a model with 2-D convolutions."""
-    images = all(
-        len(s.args) == 1 and not s.kwargs and s.args[0].dim() == 4 and s.args[0].is_floating_point()
-        for s in splits.values()
-    )
-    return images and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    images = len(sample.args) == 1 and not sample.kwargs and sample.args[0].dim() == 4
+    return images and sample.args[0].is_floating_point() and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def _precision_context(precision: str, device: torch.device):
@@ -155,8 +106,8 @@ class PointRun:
     ----------
     family : AffineFamily
         The points (tied keys merged into one canonical key per group).
-    split_sizes : dict of str to int
-        Examples per split, in iteration order.
+    splits : list of str
+        The data's split names, in iteration order.
     single : bool
         True when the data was one unnamed split (results need no ``split`` dim).
     device : torch.device
@@ -193,7 +144,7 @@ class PointRun:
         self._progress = progress
         self._description = description
         self.family = job.family
-        self.split_sizes = {name: inputs.size for name, inputs in job.splits.items()}
+        self.splits = list(job.splits)
         self.single = single
         self.device = job.device
         self.strategy = strategy
@@ -201,17 +152,23 @@ class PointRun:
         self.memory_format = attrs["memory_format"]
         self.attrs = attrs
 
-    def targets(self) -> dict[str, Tensor | None]:
-        """Each split's targets (on the device; None for unlabelled inputs)."""
-        return {name: inputs.targets for name, inputs in self._job.splits.items()}
+    @property
+    def sources(self) -> dict[str, Source]:
+        """Each split's data source (on the device)."""
+        return dict(self._job.splits)
 
     def __len__(self) -> int:
-        """Forward passes over (point, batch) pairs: the progress bar's total."""
-        return len(self.family) * sum(-(-n // self.batch_size) for n in self.split_sizes.values())
+        """Forward passes over (point, batch) pairs: the progress bar's total (0 when a
+        streamed loader's length is not known yet)."""
+        sizes = [_size(s) for s in self._job.splits.values()]
+        if any(n is None for n in sizes):
+            return 0
+        return len(self.family) * sum(-(-n // self.batch_size) for n in sizes)  # type: ignore[operator]
 
     def __iter__(self) -> Iterator[PointBatch]:
         job = self._job
-        with progress_bar(total=len(self), desc=self._description, unit="pt·batch", disable=not self._progress) as bar:
+        total = len(self) or None
+        with progress_bar(total=total, desc=self._description, unit="pt·batch", disable=not self._progress) as bar:
             job.tick = bar.update
             if job.capture is not None:
                 job.capture.active = True
@@ -334,7 +291,8 @@ def run_points(
         argument="points",
         prepare=(lambda s: canonical_state(s, groups)) if groups else None,
     )
-    inputs, single, splits = _split_inputs(data, function=function, argument="data")
+    sources, single, data_name, data_meta = as_sources(data, function=function, argument="data")
+    sources = {name: for_model(source, model) for name, source in sources.items()}
     if bn not in BN_POLICIES:
         raise bad_argument(function, "bn", expected="'keep' or 'reset'", found=repr(bn))
     if precision not in PRECISIONS:
@@ -353,17 +311,16 @@ def run_points(
     )
     work = copy.deepcopy(model).to(device).eval()
     dtype = _input_dtype(family)
-    on_device = {name: _move(s, device, dtype) for name, s in inputs.items()}
-    memory_format = "contiguous"
-    if device.type == "cpu" and _prefers_channels_last(work, on_device):
-        # oneDNN's 2-D convolutions run in channels-last order; converting once here saves the
-        # reorders on every call (measured 1.2x on the zoo ResNet, 1.7x on the zoo CNN).
-        memory_format = "channels_last"
+    # oneDNN's 2-D convolutions run in channels-last order; converting once here saves the
+    # reorders on every call (measured 1.2x on the zoo ResNet, 1.7x on the zoo CNN).
+    channels_last = device.type == "cpu" and _prefers_channels_last(work, next(iter(sources.values())).head(1))
+    memory_format = "channels_last" if channels_last else "contiguous"
+    if channels_last:
         work = work.to(memory_format=torch.channels_last)
-        on_device = {name: _channels_last(s) for name, s in on_device.items()}
+    on_device = {name: source.to(device, dtype, channels_last) for name, source in sources.items()}
 
     bn_keys: list[str] = []
-    bn_inputs: Inputs | None = None
+    bn_inputs: Source | None = None
     bn_note = None
     if bn == "reset":
         bn_keys = bn_buffer_keys(work)
@@ -371,9 +328,7 @@ def run_points(
             bn_note = "model has no BatchNorm layer; bn='reset' changed nothing"
             warnings.warn(f"{function}(bn='reset'): {bn_note}.", stacklevel=3)
         else:
-            bn_inputs = _move(_bn_inputs(bn_data, inputs, function=function), device, dtype)
-            if memory_format == "channels_last":
-                bn_inputs = _channels_last(bn_inputs)
+            bn_inputs = _bn_inputs(bn_data, sources, function=function).to(device, dtype, channels_last)
     precision_note = None
     if precision == "tf32" and device.type != "cuda":
         precision_note = f"tf32 has no effect on {device.type}; computed in float32"
@@ -401,14 +356,14 @@ def run_points(
     attrs: dict[str, object] = {
         "model": spec_of(model) or type(model).__name__,
         "checkpoints": [checkpoint_record(s) for s in family.basis if s.provenance],
-        "data": _data_description(inputs, splits),
+        "data": {"name": data_name, "sizes": {n: _size(src) for n, src in sources.items()}, **data_meta},
         "strategy": chosen,
         "device": str(device),
         "precision": precision,
         "precision_note": precision_note,
         "bn": bn,
         "bn_note": bn_note,
-        "bn_examples": bn_inputs.size if bn_inputs is not None else None,
+        "bn_examples": _size(bn_inputs) if bn_inputs is not None else None,
         "bn_batch_size": bn_batch_size if bn_inputs is not None else None,
         "batch_size": job.batch_size,
         "memory_format": memory_format,
@@ -511,33 +466,29 @@ def _cache_sized_batch(job: Job, sample: Batch) -> int:
         for h in hooks:
             h.remove()
     target = int(min(DEFAULT_BATCH_SIZE, max(MIN_CPU_BATCH, CPU_ACTIVATION_BYTES // max(sizes, default=1))))
-    largest = max(s.size for s in job.splits.values())
+    largest = max(_size(s) or 1 for s in job.splits.values())
     chunks = -(-largest // target)
     return -(-largest // chunks)
 
 
-def _bn_inputs(bn_data: object, inputs: Mapping[str, Inputs], *, function: str) -> Inputs:
+def _bn_inputs(bn_data: object, sources: Mapping[str, Source], *, function: str) -> Source:
     if bn_data is None:
-        if "train" not in inputs:
+        if "train" not in sources:
             raise bad_argument(
                 function,
                 "bn_data",
                 expected="training inputs for bn='reset'",
-                found=f"None, and data has no 'train' split (splits: {list(inputs)})",
+                found=f"None, and data has no 'train' split (splits: {list(sources)})",
                 fix="Pass bn_data=(x_train, y_train) or data with a 'train' split.",
             )
-        train = inputs["train"]
-        return Inputs(train.args, train.kwargs, None, train.size)
-    chosen, _, _ = _split_inputs(bn_data, function=function, argument="bn_data")
-    first = next(iter(chosen.values()))
-    return Inputs(first.args, first.kwargs, None, first.size)
+        return sources["train"].inputs_only()
+    chosen, _, _, _ = as_sources(bn_data, function=function, argument="bn_data")
+    return next(iter(chosen.values())).inputs_only()
 
 
-def _data_description(inputs: Mapping[str, Inputs], splits: Splits | None) -> dict[str, object]:
-    sizes = {name: s.size for name, s in inputs.items()}
-    if splits is None:
-        return {"name": "inputs", "sizes": sizes}
-    return {"name": splits.name, "sizes": sizes, **({"meta": splits.meta} if splits.meta else {})}
+def _size(source: Source) -> int | None:
+    """Examples of a source (None for a streamed loader not yet read to its end)."""
+    return None if source.streamed and getattr(source, "_size", None) is None else source.size
 
 
 def recompute_bn(
@@ -585,14 +536,13 @@ def recompute_bn(
     original = as_state(state, function="recompute_bn", argument="state")
     if not bn_buffer_keys(model):
         return original.copy()
-    inputs, _, _ = _split_inputs(data, function="recompute_bn", argument="data")
-    train = inputs["train"] if "train" in inputs else next(iter(inputs.values()))
+    sources, _, _, _ = as_sources(data, function="recompute_bn", argument="data")
+    train = (sources["train"] if "train" in sources else next(iter(sources.values()))).inputs_only()
     run = run_points(
         model,
         [original],
-        train.args[0],
+        {"train": train},
         bn="reset",
-        bn_data=train.args[0],
         bn_batch_size=batch_size,
         device=device,
         strategy="loop",

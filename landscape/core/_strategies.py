@@ -22,57 +22,20 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from landscape.core._sources import Batch, Source
 from landscape.core.batchnorm import fresh_bn_buffers, recompute_mode
 from landscape.core.data import batch_slices
 from landscape.core.errors import bad_argument
 from landscape.core.family import AffineFamily, combine
 from landscape.core.metrics import model_output_logits
 
-__all__ = ["STRATEGIES", "Batch", "Capture", "Job", "PointBatch", "find_first_layer", "first_layer_flop_share"]
+__all__ = ["STRATEGIES", "Capture", "Job", "PointBatch", "find_first_layer", "first_layer_flop_share"]
 
 STRATEGIES = ("auto", "loop", "affine", "vmap")
 # Exact types only: a subclass may override forward with something not linear in the weights
 # (weight standardisation, LoRA adapters, ...).
 LINEAR_IN_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 DEFAULT_BN_BATCH_SIZE = 1024
-
-
-@dataclass
-class Batch:
-    """One batch of model inputs: positional ``args``, keyword ``kwargs`` and the ``targets``
-    (None for unlabelled data); ``size`` examples."""
-
-    args: tuple[Tensor, ...]
-    kwargs: dict[str, Tensor]
-    targets: Tensor | None
-    size: int
-
-    @property
-    def first(self) -> Tensor:
-        """The first input tensor (positional, else keyword)."""
-        return self.args[0] if self.args else next(iter(self.kwargs.values()))
-
-
-@dataclass
-class Inputs:
-    """The inputs and targets of one split, already on the device, sliced into batches."""
-
-    args: tuple[Tensor, ...]
-    kwargs: dict[str, Tensor]
-    targets: Tensor | None
-    size: int
-
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        for s in batch_slices(self.size, batch_size):
-            yield Batch(
-                tuple(a[s] for a in self.args),
-                {k: v[s] for k, v in self.kwargs.items()},
-                None if self.targets is None else self.targets[s],
-                s.stop - s.start,
-            )
-
-    def head(self, n: int) -> Batch:
-        return next(self.batches(n))
 
 
 @dataclass
@@ -181,20 +144,25 @@ class Job:
 
     model: nn.Module
     family: AffineFamily
-    splits: dict[str, Inputs]
+    splits: dict[str, Source]
     batch_size: int
     device: torch.device
     bn_keys: list[str]
-    bn_data: Inputs | None
+    bn_data: Source | None
     tick: Callable[[int], None]
     bn_batch_size: int = DEFAULT_BN_BATCH_SIZE
     capture: Capture | None = None
     precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def data_batches(self) -> Iterator[tuple[str, Batch]]:
-        for name, inputs in self.splits.items():
-            for batch in inputs.batches(self.batch_size):
+        for name, source in self.splits.items():
+            for batch in source.batches(self.batch_size):
                 yield name, batch
+
+    @property
+    def streamed(self) -> bool:
+        """Some data is read from a loader on every pass: read it once per chunk of points."""
+        return any(s.streamed for s in self.splits.values())
 
     def bn_batches(self) -> Iterator[Batch]:
         """Batches for recomputing BN statistics; their size is fixed (not the evaluation
@@ -301,16 +269,31 @@ def recompute_point_bn(job: Job, runner: PointRunner, k: int) -> dict[str, Tenso
 # -- loop ------------------------------------------------------------------------------
 def run_loop(job: Job) -> Iterator[PointBatch]:
     runner = PointRunner(job)
+    if job.streamed:
+        yield from _run_loop_streamed(job, runner)
+        return
     for k in range(len(job.family)):
         if job.bn_keys:
             recompute_point_bn(job, runner, k)
         else:
             runner.set_point(k)
         for split, batch in job.data_batches():
-            output = runner.forward(batch)
-            features = {n: v[None] for n, v in job.features().items()}
-            yield PointBatch([k], split, _with_point_axis(output), batch.targets, features, batch.size)
-            job.tick(1)
+            yield _point_batch(job, k, split, runner.forward(batch), batch)
+
+
+def _point_batch(job: Job, k: int, split: str, output: object, batch: Batch) -> PointBatch:
+    features = {n: v[None] for n, v in job.features().items()}
+    job.tick(1)
+    return PointBatch([k], split, _with_point_axis(output), batch.targets, features, batch.size)
+
+
+def _run_loop_streamed(job: Job, runner: PointRunner) -> Iterator[PointBatch]:
+    """Data read once for all points: every point runs on each batch as it arrives."""
+    bn_buffers = [recompute_point_bn(job, runner, k) for k in range(len(job.family))] if job.bn_keys else []
+    for split, batch in job.data_batches():
+        for k in range(len(job.family)):
+            runner.set_point(k, extra=bn_buffers[k] if bn_buffers else None)
+            yield _point_batch(job, k, split, runner.forward(batch), batch)
 
 
 # -- vmap ------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import xarray as xr
 from torch import nn
@@ -13,7 +12,7 @@ from landscape.core._run import run_points
 from landscape.core._strategies import DEFAULT_BN_BATCH_SIZE
 from landscape.core.errors import bad_argument
 from landscape.core.io import provenance_attrs
-from landscape.core.metrics import Metric, batch_sum, resolve_metrics
+from landscape.core.metrics import BUILTIN, Metric, batch_sum, resolve_metrics
 
 __all__ = ["evaluate"]
 
@@ -116,20 +115,29 @@ def evaluate(
         progress=progress,
         function="evaluate",
     )
-    family, splits = run.family, list(run.split_sizes)
+    family, splits = run.family, run.splits
     split_index = {name: i for i, name in enumerate(splits)}
-    sums = {name: torch.zeros(len(family), len(splits), dtype=torch.float64, device=run.device) for name in metric_fns}
-    _check_targets(run)
+
+    def zeros() -> torch.Tensor:
+        return torch.zeros(len(family), len(splits), dtype=torch.float64, device=run.device)
+
+    sums = {name: zeros() for name in metric_fns}
+    weights = {name: zeros() for name in metric_fns}
+    _check_targets(run, metric_fns)
     for out in run:
         logits, s = out.logits, split_index[out.split]
         for j, k in enumerate(out.points):
             for name, fn in metric_fns.items():
-                sums[name][k, s].add_(batch_sum(fn, name, logits[j], out.targets))
+                total, weight = batch_sum(fn, name, logits[j], out.targets)
+                sums[name][k, s].add_(total)
+                weights[name][k, s].add_(weight)
 
-    counts = np.array(list(run.split_sizes.values()), dtype=np.float64)
     variables = {}
     for name, total in sums.items():
-        values = total.cpu().numpy() / counts
+        values = total.cpu().numpy() / weights[name].cpu().numpy()
+        finalize = getattr(metric_fns[name], "finalize", None)
+        if finalize is not None:
+            values = finalize(values)
         values = values.reshape(*family.shape, len(splits))
         dims = (*family.dims, "split")
         if run.single:
@@ -142,25 +150,48 @@ def evaluate(
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
-def _check_targets(run) -> None:
-    """Labels the metrics can use: present, and class indices below the number of logits."""
-    from landscape.core.metrics import model_output_logits
+def _check_targets(run, metrics: Mapping[str, Metric]) -> None:
+    """Targets the metrics can use: present, class indices below the number of logits, and
+    next-token targets only for the next-token metrics."""
+    from landscape.core.metrics import TOKEN_METRICS, model_output_logits
 
     classes = model_output_logits(run.sample_output).shape[-1]
-    for split, targets in run.targets().items():
-        if targets is None:
+    for split, source in run.sources.items():
+        if not source.labelled():
             raise bad_argument(
                 "evaluate",
                 "data",
-                expected="labelled data: an (x, y) pair, a dict of such pairs, or Splits",
+                expected="labelled data: an (x, y) pair, a dict of such pairs, Splits or TokenData",
                 found="inputs without labels",
                 fix="Pass (inputs, labels); use landscape.core.run_points for unlabelled inputs.",
             )
-        if not targets.is_floating_point() and targets.numel() and int(targets.max()) >= classes:
+        token_metrics = [name for name, fn in metrics.items() if fn in [BUILTIN[t] for t in TOKEN_METRICS]]
+        if token_metrics and not source.tokens:
+            raise bad_argument(
+                "evaluate",
+                "metrics",
+                expected="class metrics ('loss', 'accuracy', 'error') for classification data",
+                found=f"{token_metrics!r} on split {split!r}, which holds no token sequences",
+                fix="Next-token metrics need language-model data: landscape.core.TokenData, or batches with input_ids.",
+            )
+        if source.tokens:
+            wrong = [
+                name for name, fn in metrics.items() if fn in (BUILTIN["loss"], BUILTIN["accuracy"], BUILTIN["error"])
+            ]
+            if wrong:
+                raise bad_argument(
+                    "evaluate",
+                    "metrics",
+                    expected=f"next-token metrics for language-model data ({sorted(TOKEN_METRICS)})",
+                    found=repr(wrong),
+                    fix="Use metrics=('lm_loss', 'perplexity'): position t of a causal LM predicts token t + 1.",
+                )
+        largest = source.largest_target()
+        if largest is not None and largest >= classes:
             raise bad_argument(
                 "evaluate",
                 "data",
                 expected=f"class labels below the model's {classes} outputs",
-                found=f"a label {int(targets.max())} in split {split!r}",
+                found=f"a label {largest} in split {split!r}",
                 fix="Check that the labels and the model's number of classes belong together.",
             )

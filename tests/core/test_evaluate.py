@@ -168,6 +168,8 @@ def test_errors_name_the_argument() -> None:
     with pytest.raises(LandscapeError, match=r"evaluate\(bn=...\)"):
         ls.evaluate(model, [model], (x, y), bn="recompute", progress=False)
     with pytest.raises(LandscapeError, match=r"evaluate\(metrics=...\)"):
+        ls.evaluate(model, [model], (x, y), metrics=["bleu"], progress=False)
+    with pytest.raises(LandscapeError, match=r"evaluate\(metrics=...\).*holds no token sequences"):
         ls.evaluate(model, [model], (x, y), metrics=["perplexity"], progress=False)
     with pytest.raises(LandscapeError, match=r"evaluate\(batch_size=...\)"):
         ls.evaluate(model, [model], (x, y), batch_size=0, progress=False)

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from landscape.core._choice import measured_choice
+from landscape.core._graphs import graph_unavailable, run_graph
 from landscape.core._sources import Batch, Source, as_sources, for_model
 from landscape.core._strategies import (
     DEFAULT_BN_BATCH_SIZE,
@@ -175,6 +177,8 @@ class PointRun:
             try:
                 if self.strategy == "affine":
                     yield from run_affine(job, self._first_layer)
+                elif self.strategy == "graph":
+                    yield from run_graph(job)
                 elif self.strategy == "vmap":
                     yield from run_vmap(job, self._points_per_chunk)
                 else:
@@ -347,10 +351,12 @@ def run_points(
         bn_batch_size,
         capture,
         _precision_context(precision, device),
+        precision,
     )
     sample = next(iter(on_device.values())).head(2)
     sample_output = _check_data_fits(job, sample, function=function)
-    chosen, first_layer = _choose_strategy(strategy, job, sample, function=function)
+    chunk = _points_per_chunk(family, device, points_per_chunk, function=function)
+    chosen, first_layer, reason = _choose_strategy(strategy, job, sample, chunk, function=function)
     if batch_size is None and chosen == "affine":
         job.batch_size = _cache_sized_batch(job, sample)
     attrs: dict[str, object] = {
@@ -358,6 +364,7 @@ def run_points(
         "checkpoints": [checkpoint_record(s) for s in family.basis if s.provenance],
         "data": {"name": data_name, "sizes": {n: _size(src) for n, src in sources.items()}, **data_meta},
         "strategy": chosen,
+        "strategy_reason": reason,
         "device": str(device),
         "precision": precision,
         "precision_note": precision_note,
@@ -374,7 +381,7 @@ def run_points(
         job,
         strategy=chosen,
         first_layer=first_layer,
-        points_per_chunk=_points_per_chunk(family, device, points_per_chunk, function=function),
+        points_per_chunk=chunk,
         single=single,
         attrs=attrs,
         progress=progress,
@@ -384,16 +391,33 @@ def run_points(
     return run
 
 
-def _choose_strategy(requested: str, job: Job, sample: Batch, *, function: str) -> tuple[str, object]:
-    """The strategy to run and its extra argument (the first layer for ``affine``)."""
+def _choose_strategy(
+    requested: str, job: Job, sample: Batch, points_per_chunk: int, *, function: str
+) -> tuple[str, object, str]:
+    """The strategy to run, its extra argument (the first layer for ``affine``), and why."""
+    if requested == "graph":
+        why_not = graph_unavailable(job)
+        if why_not is not None:
+            raise bad_argument(
+                function, "strategy", expected="a job the graph strategy can run", found=f"'graph', but {why_not}"
+            )
+        return "graph", None, "requested"
     if requested in ("loop", "vmap"):
-        return requested, None
+        return requested, None, "requested"
+    if requested == "auto" and job.device.type == "cuda":
+        chosen, reason = measured_choice(job, points_per_chunk)
+        return chosen, None, reason
     if requested == "auto" and job.device.type == "cpu" and job.family.is_structured:
         # Sharing the first layer across points saves at most its share of the work, and the
         # strategy's checks and per-point mixing cost about as much as a small first layer:
         # measured slower than the loop for the zoo's CNNs, ResNet, ViT and GPT (shares 0-6%).
-        if first_layer_flop_share(job.model, job.family, sample) < MIN_FIRST_LAYER_SHARE:
-            return "loop", None
+        share = first_layer_flop_share(job.model, job.family, sample)
+        if share < MIN_FIRST_LAYER_SHARE:
+            return (
+                "loop",
+                None,
+                f"rule: the first layer carries {share:.0%} of the FLOPs (< {MIN_FIRST_LAYER_SHARE:.0%})",
+            )
     if requested == "affine" or (job.device.type == "cpu" and job.family.is_structured):
         first = find_first_layer(job.model, job.family, sample)
         if isinstance(first, str):
@@ -405,11 +429,9 @@ def _choose_strategy(requested: str, job: Job, sample: Batch, *, function: str) 
                     found=f"'affine', but {first}",
                     fix="Use strategy='auto' or 'loop'.",
                 )
-            return "loop", None
-        return "affine", first
-    if job.device.type == "cuda":
-        return "vmap", None
-    return "loop", None
+            return "loop", None, f"rule: affine not possible ({first})"
+        return "affine", first, "requested" if requested == "affine" else "rule: a line or plane on the CPU"
+    return "loop", None, "rule: a list of points on the CPU" if not job.family.is_structured else "rule"
 
 
 def _points_per_chunk(family: AffineFamily, device: torch.device, requested: int | None, *, function: str) -> int:

@@ -31,7 +31,7 @@ from landscape.core.metrics import model_output_logits
 
 __all__ = ["STRATEGIES", "Capture", "Job", "PointBatch", "find_first_layer", "first_layer_flop_share"]
 
-STRATEGIES = ("auto", "loop", "affine", "vmap")
+STRATEGIES = ("auto", "loop", "affine", "vmap", "graph")
 # Exact types only: a subclass may override forward with something not linear in the weights
 # (weight standardisation, LoRA adapters, ...).
 LINEAR_IN_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
@@ -153,6 +153,7 @@ class Job:
     bn_batch_size: int = DEFAULT_BN_BATCH_SIZE
     capture: Capture | None = None
     precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    precision_name: str = "float32"
 
     def data_batches(self) -> Iterator[tuple[str, Batch]]:
         for name, source in self.splits.items():

@@ -214,3 +214,54 @@ def test_evaluate_refuses_labels_beyond_the_classes_and_unlabelled_data() -> Non
         ls.evaluate(model, [model], (x, y), progress=False)
     with pytest.raises(LandscapeError, match=r"evaluate\(data=...\).*labelled data"):
         ls.evaluate(model, [model], x, progress=False)
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet", "vit", "gpt"])
+def test_the_graph_strategy_replays_each_point_with_the_loops_numbers(name: str, device: str) -> None:
+    model, other = _zoo(name, 0), _zoo(name, 1)
+    x, y = zoo_data(name, n=50)
+    line = AffineFamily.line(ls.state_of(model), ls.state_of(other), [0.0, 0.3, 1.0])
+    features = ["features"]
+    # 50 examples in batches of 20: two recorded shapes (20 and the last 10)
+    graph = list(run_points(model, line, (x, y), strategy="graph", batch_size=20, features=features, device=device))
+    loop = list(run_points(model, line, (x, y), strategy="loop", batch_size=20, features=features, device=device))
+    assert [(g.points, g.size) for g in graph] == [(lp.points, lp.size) for lp in loop]
+    for g, lp in zip(graph, loop):
+        torch.testing.assert_close(g.logits, lp.logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g.features["features"], lp.features["features"], rtol=1e-5, atol=1e-6)
+    # outputs handed out are copies: the next replay does not change them
+    assert not torch.equal(graph[0].logits, graph[2].logits)
+
+
+def test_graph_strategy_with_bn_reset_matches_the_loop(device: str) -> None:
+    model, other = _zoo("resnet", 0), _zoo("resnet", 1)
+    x, y = zoo_data("resnet", n=40)
+    data = {"train": (x, y), "test": (x[:30], y[:30])}
+    line = AffineFamily.line(ls.state_of(model), ls.state_of(other), 3)
+    graph = ls.evaluate(model, line, data, bn="reset", strategy="graph", device=device, progress=False)
+    loop = ls.evaluate(model, line, data, bn="reset", strategy="loop", device=device, progress=False)
+    np.testing.assert_allclose(graph.loss.values, loop.loss.values, rtol=1e-5)
+
+
+def test_graph_strategy_refuses_points_it_cannot_write_in_place() -> None:
+    model = _zoo("mlp", 0)
+    half = {k: v.double() for k, v in ls.state_of(model).items()}
+    with pytest.raises(LandscapeError, match=r"run_points\(strategy=...\).*'graph', but the points' dtypes"):
+        run_points(model.double().float(), [half], zoo_data("mlp")[0], strategy="graph")
+
+
+def test_a_measured_choice_times_every_candidate_once_and_is_cached() -> None:
+    from landscape.core._choice import _CHOICES, clear_choices, measured_choice
+
+    clear_choices()
+    model, other = _zoo("mlp", 0), _zoo("mlp", 1)
+    line = AffineFamily.line(ls.state_of(model), ls.state_of(other), 40)
+    run = run_points(model, line, zoo_data("mlp", n=64)[0], batch_size=4, device="cpu")
+    chosen, reason = measured_choice(run._job, 8)
+    assert chosen in ("loop", "vmap", "graph") and reason.startswith("timed: loop")
+    assert "vmap" in reason and "graph" in reason and len(_CHOICES) == 1
+    again, why = measured_choice(run._job, 8)
+    assert again == chosen and why.endswith("(cached)")
+    small = run_points(model, AffineFamily.line(ls.state_of(model), ls.state_of(other), 3), zoo_data("mlp")[0])
+    assert measured_choice(small._job, 8)[1].startswith("rule:")
+    clear_choices()

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_map
 
 from landscape.core._sources import Batch
-from landscape.core._strategies import Job, PointBatch, PointRunner, _with_point_axis, recompute_point_bn
+from landscape.core._strategies import Job, PointBatch, PointRunner, run_loop
 
 __all__ = ["Replay", "graph_unavailable", "run_graph"]
 
@@ -87,24 +87,17 @@ def _shape_key(split: str, batch: Batch) -> tuple:
 
 
 def run_graph(job: Job) -> Iterator[PointBatch]:
-    runner = PointRunner(job)
-    replays: dict[tuple, Replay] = {}
-    for k in range(len(job.family)):
-        if job.bn_keys:
-            recompute_point_bn(job, runner, k)
-        else:
-            runner.set_point(k)
-        for split, batch in job.data_batches():
+    """The loop, with each batch's forward pass replayed from a recording of its shape."""
+
+    def forward(runner: PointRunner):
+        replays: dict[tuple, Replay] = {}
+
+        def run(split: str, batch: Batch) -> tuple[object, dict[str, Tensor]]:
             key = _shape_key(split, batch)
             if key not in replays:
                 replays[key] = Replay(job, runner, batch)
-            output, features = replays[key](batch)
-            job.tick(1)
-            yield PointBatch(
-                [k],
-                split,
-                _with_point_axis(output),
-                batch.targets,
-                {n: v[None] for n, v in features.items()},
-                batch.size,
-            )
+            return replays[key](batch)
+
+        return run
+
+    return run_loop(job, forward)

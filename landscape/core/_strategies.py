@@ -268,24 +268,31 @@ def recompute_point_bn(job: Job, runner: PointRunner, k: int) -> dict[str, Tenso
 
 
 # -- loop ------------------------------------------------------------------------------
-def run_loop(job: Job) -> Iterator[PointBatch]:
+Forward = Callable[[str, Batch], tuple[object, dict[str, Tensor]]]
+
+
+def run_loop(job: Job, forward: Callable[[PointRunner], Forward] | None = None) -> Iterator[PointBatch]:
+    """One point at a time, written into the model in place. ``forward(runner)`` makes the
+    function that runs one batch at the current point (default: the runner's forward pass)."""
     runner = PointRunner(job)
     if job.streamed:
         yield from _run_loop_streamed(job, runner)
         return
+    run = forward(runner) if forward is not None else (lambda split, batch: (runner.forward(batch), job.features()))
     for k in range(len(job.family)):
         if job.bn_keys:
             recompute_point_bn(job, runner, k)
         else:
             runner.set_point(k)
         for split, batch in job.data_batches():
-            yield _point_batch(job, k, split, runner.forward(batch), batch)
+            yield _point_batch(job, k, split, *run(split, batch), batch)
 
 
-def _point_batch(job: Job, k: int, split: str, output: object, batch: Batch) -> PointBatch:
-    features = {n: v[None] for n, v in job.features().items()}
+def _point_batch(job: Job, k: int, split: str, output: object, features: dict[str, Tensor], batch: Batch) -> PointBatch:
     job.tick(1)
-    return PointBatch([k], split, _with_point_axis(output), batch.targets, features, batch.size)
+    return PointBatch(
+        [k], split, _with_point_axis(output), batch.targets, {n: v[None] for n, v in features.items()}, batch.size
+    )
 
 
 def _run_loop_streamed(job: Job, runner: PointRunner) -> Iterator[PointBatch]:
@@ -294,7 +301,7 @@ def _run_loop_streamed(job: Job, runner: PointRunner) -> Iterator[PointBatch]:
     for split, batch in job.data_batches():
         for k in range(len(job.family)):
             runner.set_point(k, extra=bn_buffers[k] if bn_buffers else None)
-            yield _point_batch(job, k, split, runner.forward(batch), batch)
+            yield _point_batch(job, k, split, runner.forward(batch), job.features(), batch)
 
 
 # -- vmap ------------------------------------------------------------------------------

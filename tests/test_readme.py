@@ -30,7 +30,7 @@ TINY_PYTHON = [
     ("cg.sentiment(256)", "cg.sentiment(32)"),
     ("top_k=8", "top_k=1"),
 ]
-LM_MARK = "landscape.concepts"  # blocks and lines that need the lm extra (transformers)
+LM_MARKS = ("landscape.concepts", "import transformers")  # blocks that need transformers (lm/dev extras)
 
 
 def _setup_commands() -> list[str]:
@@ -107,22 +107,25 @@ def test_readme_concept_lines_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Python blocks in order, in one namespace, as a script would run them."""
+    """The Quick tour, then every later Python block continuing it (each in a copy of the
+    Quick tour's namespace, as a reader would paste it after the tour), in a script's setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     blocks = _python_blocks()
     assert len(blocks) >= 4
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": "__readme__"}
+    tour: dict[str, object] = {"__name__": "__readme__"}
     for i, block in enumerate(blocks):
-        if LM_MARK in block:
+        if any(mark in block for mark in LM_MARKS):
             pytest.importorskip("transformers")
+        namespace = tour if i == 0 else dict(tour)
         try:
             exec(compile(_tiny(block), f"README.md python block {i + 1}", "exec"), namespace)
         except Exception as err:
             raise AssertionError(f"README python block {i + 1} failed: {err!r}\n{block}") from err
-    assert (tmp_path / "lmc.nc").exists()
+        if i == 0:
+            assert (tmp_path / "lmc.nc").exists() and (tmp_path / "surface3d.png").exists()
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")

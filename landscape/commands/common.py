@@ -7,12 +7,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from landscape.core.errors import bad_argument
-
 if TYPE_CHECKING:  # torch loads in the handlers, never while the parser is built
     import torch
 
+    from landscape.core.errors import LandscapeError
+
 DATASETS = ("mnist1d", "digits", "docstrings")
+
+
+def bad_argument(function: str, argument: str, **details: object) -> LandscapeError:
+    """:func:`landscape.core.errors.bad_argument`, imported when an error is built: importing
+    ``landscape.core`` loads torch, which building the parser (``landscape --help``) must not."""
+    from landscape.core.errors import bad_argument as build
+
+    return build(function, argument, **details)
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

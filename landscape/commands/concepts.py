@@ -7,8 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from landscape.commands.common import add_run_options, output_path
-from landscape.core.errors import bad_argument
+from landscape.commands.common import add_run_options, bad_argument, output_path
 
 # Under LANDSCAPE_TINY=1 (see landscape.cli): a random two-layer model and a handful of texts.
 TINY = {"model": "tiny", "n": 32, "top_k": 1, "max_new_tokens": 4, "n_prompts": 2, "n_reference": 4}

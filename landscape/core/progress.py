@@ -9,6 +9,7 @@ keeps logs readable and still shows that a long job is alive.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 import time
 from collections.abc import Iterator
@@ -74,13 +75,15 @@ class _Lines:
 
 
 def _interactive(stream: TextIO) -> bool:
-    """A terminal, or a Jupyter kernel (whose stderr is a pipe, but whose tqdm is a widget)."""
+    """A terminal, or a Jupyter kernel that can show tqdm's widget (its stderr is a pipe; without
+    ipywidgets tqdm would fall back to redrawn text, which a saved notebook keeps in full)."""
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
         return True
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+    in_kernel = shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+    return in_kernel and importlib.util.find_spec("ipywidgets") is not None
 
 
 @contextlib.contextmanager

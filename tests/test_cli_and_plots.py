@@ -413,6 +413,20 @@ def test_detection_in_percent() -> None:
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [50, 80, 90])
 
 
+def test_probe_history_takes_the_distillation_result_in_percent() -> None:
+    from types import SimpleNamespace
+
+    accuracy = np.array([[0.5, 0.6], [0.52, 0.65]])  # (epoch, net)
+    history = xr.Dataset(
+        {"accuracy": (("epoch", "net", "probe", "scaling"), accuracy[:, :, None, None])},
+        coords={"epoch": [0, 5], "net": ["teacher", "student"], "probe": ["linear"], "scaling": ["raw"]},
+    )
+    ax = plot.probe_history(SimpleNamespace(history=history))
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["student"].get_ydata(), [60, 65])
+    assert ax.get_ylabel() == "linear probe accuracy, raw (%)"
+
+
 def test_every_plot_function_saves_with_path(results, tmp_path) -> None:
     curve, surface = results["curve"], results["surface"]
     alignment = ls.alignment.align(results["model"], results["states"][0], results["states"][1], progress=False)

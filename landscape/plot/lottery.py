@@ -36,15 +36,15 @@ def _line(ax: Any, x: np.ndarray, values: xr.DataArray, **style: Any) -> None:
 
 
 def probe_history(
-    history: xr.Dataset, ax: Any = None, *, probe: str = "linear", scaling: str = "raw", path: PathLike | None = None
+    history: Any, ax: Any = None, *, probe: str = "linear", scaling: str = "raw", path: PathLike | None = None
 ) -> Any:
     """Probe accuracy of student and teacher over distillation epochs.
 
     Parameters
     ----------
     history
-        ``distill_random_teacher(...).history``, or several concatenated over ``seed`` (drawn
-        as mean and a band of one standard deviation).
+        ``distill_random_teacher(...)`` or its ``.history``, or several histories concatenated
+        over ``seed`` (drawn as mean and a band of one standard deviation).
     probe, scaling
         Which probe (``"linear"``, ``"knn"``) on which features (``"raw"``, ``"standardized"``).
     ax
@@ -56,6 +56,8 @@ def probe_history(
     -------
     matplotlib.axes.Axes
     """
+    if not isinstance(history, xr.Dataset) and hasattr(history, "history"):  # the DistillResult itself
+        history = history.history
     ax = one_axes(ax)
     acc = history["accuracy"].sel(probe=probe, scaling=scaling) * 100
     epochs = history["epoch"].values

@@ -1,0 +1,243 @@
+"""Checks of untrusted or careless input that run before any real work: a model spec read
+from a file is dry-built on the ``meta`` device (shapes, no memory) and compared with the
+file's tensors before a real model is allocated; labels, devices and weights are checked
+where a raw library error would otherwise surface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from landscape.core.errors import CheckpointError, StateMismatchError, bad_argument, describe
+
+__all__ = ["build_checked", "check_class_labels", "check_data_device", "check_finite_state", "dry_build"]
+
+_MIB = 1 << 20
+
+
+class _BudgetExceeded(Exception):
+    pass
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def dry_build(build: Callable[[], nn.Module], *, max_modules: int) -> nn.Module:
+    """``build()`` on the ``meta`` device: parameters and buffers get shapes but no memory.
+
+    A construction that registers more than ``max_modules`` submodules is stopped as it
+    happens (a spec with ``depth=10**9`` would otherwise take hours even without memory).
+
+    Raises
+    ------
+    _BudgetExceeded
+        When the module budget is exceeded.
+    """
+    count = 0
+
+    def count_modules(module: nn.Module, name: str, submodule: nn.Module | None):
+        nonlocal count
+        count += 1
+        if count > max_modules:
+            raise _BudgetExceeded(f"more than {max_modules:,} submodules")
+
+    handle = nn.modules.module.register_module_module_registration_hook(count_modules)
+    try:
+        with torch.device("meta"):
+            return build()
+    finally:
+        handle.remove()
+
+
+def build_checked(
+    build: Callable[[], nn.Module],
+    state: Mapping[str, Tensor],
+    *,
+    function: str,
+    argument: str,
+    source: str = "the checkpoint",
+    max_bytes: int | None = None,
+) -> nn.Module:
+    """Build a model from an untrusted recipe only once it is known to fit ``state``.
+
+    ``build()`` first runs on the ``meta`` device, where tensors have shapes but no storage
+    (a spec for a 160 GB model costs nothing there), with at most ``16 * len(state) + 256``
+    submodules. The dry model's keys and shapes must then fit ``state`` (after the prefix and
+    tied-weight handling of :func:`~landscape.core.checkpoints.fit_to_model`) and all its
+    parameters and buffers, non-persistent ones included, must fit ``max_bytes`` (default:
+    twice the bytes of ``state`` plus 256 MiB). Only then does ``build()`` run for real.
+
+    Parameters
+    ----------
+    build
+        Makes the model, e.g. ``lambda: landscape.models.from_spec(spec)``.
+    state
+        The tensors the model must hold.
+    function, argument, source
+        Named in the error: the public function, its argument, and where the recipe came from.
+    max_bytes
+        Memory the model may take.
+
+    Returns
+    -------
+    torch.nn.Module
+        The real model (built by ``build()`` on the default device).
+
+    Raises
+    ------
+    CheckpointError
+        When the recipe cannot be dry-built, is too large, or does not fit the tensors.
+
+    Examples
+    --------
+    >>> import torch
+    >>> state = {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}
+    >>> build_checked(lambda: torch.nn.Linear(3, 2), state, function="demo", argument="path").weight.shape
+    torch.Size([2, 3])
+    """
+    from landscape.core.checkpoints import fit_to_model
+
+    state_bytes = _nbytes(state.values())
+    budget = 2 * state_bytes + 256 * _MIB if max_bytes is None else int(max_bytes)
+    max_modules = 16 * len(state) + 256
+    fix = "Pass the model explicitly (e.g. --model SPEC on the command line), or re-save the checkpoint with its model."
+    try:
+        dry = dry_build(build, max_modules=max_modules)
+    except _BudgetExceeded as err:
+        raise bad_argument(
+            function,
+            argument,
+            expected=f"a model spec in {source} for a model with at most {max_modules:,} submodules "
+            f"({len(state)} tensors are stored)",
+            found=f"a spec whose model registers {err} while being built",
+            fix=fix,
+            cls=CheckpointError,
+        ) from None
+    except Exception as err:  # any failure of an untrusted recipe is reported, not raised raw
+        raise bad_argument(
+            function,
+            argument,
+            expected=f"a model spec in {source} that builds a model",
+            found=f"a spec that fails to build ({type(err).__name__}: {err})",
+            fix=fix,
+            cls=CheckpointError,
+        ) from err
+    model_bytes = _nbytes([*dry.parameters(), *dry.buffers()])
+    if model_bytes > budget:
+        raise bad_argument(
+            function,
+            argument,
+            expected=f"a model spec in {source} for a model of at most {budget / _MIB:,.0f} MiB "
+            f"(the stored tensors take {state_bytes / _MIB:,.1f} MiB)",
+            found=f"a spec for a model of {model_bytes / _MIB:,.0f} MiB",
+            fix=fix,
+            cls=CheckpointError,
+        )
+    try:
+        fit_to_model(state, dry, function=function)
+    except StateMismatchError as err:
+        raise bad_argument(
+            function,
+            argument,
+            expected=f"a model spec in {source} that matches its tensors",
+            found=f"a spec whose model does not fit them: {err}",
+            fix=fix,
+            cls=CheckpointError,
+        ) from None
+    del dry
+    return build()
+
+
+def check_class_labels(labels: Tensor, num_classes: int, *, function: str, argument: str) -> None:
+    """Raise a :class:`LandscapeError` unless every label is a class index below ``num_classes``.
+
+    ``num_classes`` is the width of the model's logits; cross-entropy would otherwise stop
+    with ``IndexError: Target 10 is out of bounds``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_class_labels(torch.tensor([0, 9]), 10, function="evaluate", argument="data")
+    >>> check_class_labels(torch.tensor([0, 10]), 10, function="evaluate", argument="data")
+    Traceback (most recent call last):
+    ...
+    landscape.core.errors.LandscapeError: evaluate(data=...): expected class labels in [0, 10) (the model has 10 outputs); found labels up to 10 (1 of 2 labels are >= 10). Check that the data and the model have the same number of classes (a model for N classes needs labels 0..N-1).
+    """
+    if labels.numel() == 0 or labels.is_floating_point() or labels.device.type == "meta":
+        return
+    top = int(labels.max())
+    if top >= num_classes:
+        over = int((labels >= num_classes).sum())
+        raise bad_argument(
+            function,
+            argument,
+            expected=f"class labels in [0, {num_classes}) (the model has {num_classes} outputs)",
+            found=f"labels up to {top} ({over} of {labels.numel()} labels are >= {num_classes})",
+            fix="Check that the data and the model have the same number of classes "
+            "(a model for N classes needs labels 0..N-1).",
+        )
+
+
+def check_data_device(value: object, *, function: str, argument: str) -> None:
+    """Raise a :class:`LandscapeError` for tensors on the ``meta`` device (shapes without values),
+    looking into tuples, lists and dicts.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_data_device((torch.zeros(2), torch.zeros(2, device="meta")), function="evaluate", argument="data")
+    Traceback (most recent call last):
+    ...
+    landscape.core.errors.LandscapeError: evaluate(data=...): expected tensors that hold values (on the CPU or a GPU); found data[1], a Tensor of shape (2,) and dtype torch.float32 on the meta device (shapes only, no values). Materialise the data first (e.g. load it from disk), or build it outside a torch.device('meta') context.
+    """
+
+    def walk(item: object, where: str) -> None:
+        if isinstance(item, Tensor):
+            if item.device.type == "meta":
+                raise bad_argument(
+                    function,
+                    argument,
+                    expected="tensors that hold values (on the CPU or a GPU)",
+                    found=f"{where}, a {describe(item)} on the meta device (shapes only, no values)",
+                    fix="Materialise the data first (e.g. load it from disk), or build it outside a "
+                    "torch.device('meta') context.",
+                )
+        elif isinstance(item, Mapping):
+            for k, v in item.items():
+                walk(v, f"{where}[{k!r}]")
+        elif isinstance(item, (list, tuple)):
+            for i, v in enumerate(item):
+                walk(v, f"{where}[{i}]")
+
+    walk(value, "data")
+
+
+def check_finite_state(state: Mapping[str, Tensor], *, function: str, argument: str) -> None:
+    """Raise a :class:`LandscapeError` naming the entries of ``state`` that hold NaN or Inf.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_finite_state({"w": torch.tensor([1.0, float("nan")])}, function="align", argument="b")
+    Traceback (most recent call last):
+    ...
+    landscape.core.errors.LandscapeError: align(b=...): expected finite weights; found NaN or Inf in 'w' (1 of 2 values). Check the run that produced these weights (it may have diverged), or load an earlier checkpoint.
+    """
+    bad = []
+    for k, t in state.items():
+        if (t.is_floating_point() or t.is_complex()) and t.device.type != "meta":
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                bad.append(f"{k!r} ({n} of {t.numel()} values)")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise bad_argument(
+            function,
+            argument,
+            expected="finite weights",
+            found=f"NaN or Inf in {shown}",
+            fix="Check the run that produced these weights (it may have diverged), or load an earlier checkpoint.",
+        )

@@ -25,31 +25,38 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def dry_build(build: Callable[[], nn.Module], *, max_modules: int) -> nn.Module:
+def dry_build(build: Callable[[], nn.Module], *, max_registrations: int) -> nn.Module:
     """``build()`` on the ``meta`` device: parameters and buffers get shapes but no memory.
 
-    A construction that registers more than ``max_modules`` submodules is stopped as it
-    happens (a spec with ``depth=10**9`` would otherwise take hours even without memory).
+    A construction that registers more than ``max_registrations`` parameters, buffers and
+    submodules in all is stopped as it happens (a spec with ``depth=10**9`` would otherwise
+    take hours and the Python objects of a billion layers, even without tensor memory).
 
     Raises
     ------
     _BudgetExceeded
-        When the module budget is exceeded.
+        When the budget is exceeded.
     """
     count = 0
 
-    def count_modules(module: nn.Module, name: str, submodule: nn.Module | None):
+    def counted(*args: object) -> None:
         nonlocal count
         count += 1
-        if count > max_modules:
-            raise _BudgetExceeded(f"more than {max_modules:,} submodules")
+        if count > max_registrations:
+            raise _BudgetExceeded(f"more than {max_registrations:,} parameters, buffers and submodules")
 
-    handle = nn.modules.module.register_module_module_registration_hook(count_modules)
+    module_hooks = nn.modules.module
+    handles = [
+        module_hooks.register_module_module_registration_hook(counted),
+        module_hooks.register_module_parameter_registration_hook(counted),
+        module_hooks.register_module_buffer_registration_hook(counted),
+    ]
     try:
         with torch.device("meta"):
             return build()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def build_checked(
@@ -65,7 +72,7 @@ def build_checked(
 
     ``build()`` first runs on the ``meta`` device, where tensors have shapes but no storage
     (a spec for a 160 GB model costs nothing there), with at most ``16 * len(state) + 256``
-    submodules. The dry model's keys and shapes must then fit ``state`` (after the prefix and
+    parameters, buffers and submodules registered. The dry model's keys and shapes must then fit ``state`` (after the prefix and
     tied-weight handling of :func:`~landscape.core.checkpoints.fit_to_model`) and all its
     parameters and buffers, non-persistent ones included, must fit ``max_bytes`` (default:
     twice the bytes of ``state`` plus 256 MiB). Only then does ``build()`` run for real.
@@ -102,16 +109,16 @@ def build_checked(
 
     state_bytes = _nbytes(state.values())
     budget = 2 * state_bytes + 256 * _MIB if max_bytes is None else int(max_bytes)
-    max_modules = 16 * len(state) + 256
+    max_registrations = 16 * len(state) + 256
     fix = "Pass the model explicitly (e.g. --model SPEC on the command line), or re-save the checkpoint with its model."
     try:
-        dry = dry_build(build, max_modules=max_modules)
+        dry = dry_build(build, max_registrations=max_registrations)
     except _BudgetExceeded as err:
         raise bad_argument(
             function,
             argument,
-            expected=f"a model spec in {source} for a model with at most {max_modules:,} submodules "
-            f"({len(state)} tensors are stored)",
+            expected=f"a model spec in {source} for a model of at most {max_registrations:,} parameters, "
+            f"buffers and submodules ({len(state)} tensors are stored)",
             found=f"a spec whose model registers {err} while being built",
             fix=fix,
             cls=CheckpointError,

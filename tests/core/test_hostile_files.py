@@ -67,7 +67,9 @@ def test_a_small_file_with_a_huge_spec_fails_before_any_allocation(command, case
 def test_build_checked_budget_shapes_and_build_failures() -> None:
     state = {"weight": torch.zeros(4, 3), "bias": torch.zeros(4)}
     assert isinstance(build_checked(lambda: nn.Linear(3, 4), state, function="f", argument="a"), nn.Linear)
-    with pytest.raises(CheckpointError, match=r"f\(a=...\): expected a model spec .* that matches its tensors.*\(5, 3\)"):
+    with pytest.raises(
+        CheckpointError, match=r"f\(a=...\): expected a model spec .* that matches its tensors.*\(5, 3\)"
+    ):
         build_checked(lambda: nn.Linear(3, 5), state, function="f", argument="a")
 
     class BigBuffer(nn.Linear):  # a non-persistent buffer is not in the file but takes memory
@@ -123,7 +125,9 @@ def test_index_files_cannot_point_outside_their_folder(target, tmp_path) -> None
 )
 def test_malformed_index_files_give_named_errors(content, found, tmp_path) -> None:
     (tmp_path / "model.safetensors.index.json").write_text(content)
-    with pytest.raises(CheckpointError, match=r"load_state\(source=...\): expected .*model.safetensors.index.json") as info:
+    with pytest.raises(
+        CheckpointError, match=r"load_state\(source=...\): expected .*model.safetensors.index.json"
+    ) as info:
         ls.load_state(tmp_path)
     assert found in str(info.value)
 

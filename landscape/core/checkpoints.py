@@ -658,8 +658,9 @@ def save_state(
 
 
 def _errno_of(message: str) -> int:
-    """The errno named in a wrapped Rust I/O error (``Os { code: 28, ... }``), else EIO."""
+    """The errno named in a wrapped Rust I/O error (``os error 28``, ``Os { code: 28, ... }``),
+    else EIO."""
     import errno
 
-    found = re.search(r"code: (\d+)", message)
+    found = re.search(r"(?:os error |code: )(\d+)", message)
     return int(found.group(1)) if found else errno.EIO

@@ -73,7 +73,9 @@ def atomic_write(
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = os.stat(tmp).st_mode & 0o777  # 0o666 less the umask
         write(str(tmp))
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with one of mode 0o600
         os.replace(tmp, path)
     except OSError as err:
         raise storage_error(function, argument, path, err, writing=True) from err

@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import io
 import json
 import os
 import platform
@@ -114,14 +115,19 @@ def save_result(result: xr.Dataset | xr.DataArray | Mapping[str, xr.Dataset], pa
     if isinstance(result, xr.DataArray):
         result = result.to_dataset(name=result.name or "value")
     if isinstance(result, xr.Dataset):  # checked first: a Dataset is itself a Mapping
-        atomic_write(path, lambda tmp: result.to_netcdf(tmp, engine="h5netcdf"), function="save_result")
+        writable: xr.Dataset | xr.DataTree = result
     elif isinstance(result, Mapping):
-        tree = xr.DataTree.from_dict({f"/{name}": ds for name, ds in result.items()})
-        atomic_write(path, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"), function="save_result")
+        writable = xr.DataTree.from_dict({f"/{name}": ds for name, ds in result.items()})
     else:
         raise bad_argument(
             "save_result", "result", expected="a Dataset, a DataArray or a dict of Datasets", found=result
         )
+    # Encoded in memory, then written with plain file I/O: HDF5 crashes the process when the
+    # disk fills under it (measured: a segfault on close after a failed write), plain writes
+    # raise an OSError that becomes a named error.
+    buffer = io.BytesIO()
+    writable.to_netcdf(buffer, engine="h5netcdf")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()), function="save_result")
     return path
 
 
@@ -225,6 +231,14 @@ def _feed(h, value: object, where: str) -> None:
         h.update(f"D|{len(value)}|".encode())  # type: ignore[arg-type]
         for i in range(len(value)):  # type: ignore[arg-type]
             _feed(h, value[i], f"{where}[{i}]")
+    elif hasattr(value, "__next__"):
+        raise bad_argument(
+            "data_fingerprint",
+            "data",
+            expected="data that can be read more than once",
+            found=f"{where}, a one-pass iterator ({type(value).__name__}) that fingerprinting would use up",
+            fix="Pass the data as tensors, a dataset or a DataLoader.",
+        )
     elif hasattr(value, "__dataclass_fields__"):
         import dataclasses
 

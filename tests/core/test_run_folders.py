@@ -114,6 +114,27 @@ def test_imp_refuses_a_replaced_trained_state_and_names_it(tiny, tmp_path) -> No
         ls.pruning.imp(model, data, **options)
 
 
+def test_an_interrupted_imp_resumes_to_the_same_bits(tiny, tmp_path, monkeypatch) -> None:
+    model, data = tiny
+    options = {"rounds": 2, "train": TINY_TRAIN, "controls": (), "progress": False}
+    uninterrupted = ls.pruning.imp(model, data, **options)
+    module = sys.modules["landscape.pruning.iterative"]
+    original, calls = module.train_model, []
+
+    def stop_in_round_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # round 0 and round 1 train once each (no controls)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "train_model", stop_in_round_two)
+    with pytest.raises(RunInterrupted, match=r"^imp: interrupted; 2 finished step\(s\) are saved .*round-001\)"):
+        ls.pruning.imp(model, data, out=tmp_path, **options)
+    monkeypatch.setattr(module, "train_model", original)
+    resumed = ls.pruning.imp(model, data, out=tmp_path, **options)
+    xr.testing.assert_identical(resumed.drop_attrs(), uninterrupted.drop_attrs())
+
+
 def test_linear_basins_refuses_other_data_in_the_same_folder(tiny, tmp_path) -> None:
     model, data = tiny
     starts = {"init": ls.state_of(model)}

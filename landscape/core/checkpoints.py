@@ -307,19 +307,20 @@ def _load_gguf(path: Path) -> dict[str, Tensor]:
     import struct
 
     try:
-        from gguf import READER_SUPPORTED_VERSIONS  # type: ignore[import-not-found]
+        import gguf  # type: ignore[import-not-found]
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
     except ImportError as err:
         raise _error(
             path, "the lm extra to read GGUF files", "transformers/gguf not installed", "pip install 'landscape[lm]'."
         ) from err
+    supported = list(getattr(gguf, "READER_SUPPORTED_VERSIONS", (2, 3)))
     with path.open("rb") as f:
         head = f.read(8)
     version = struct.unpack("<I", head[4:8])[0] if len(head) == 8 else None
-    if version not in READER_SUPPORTED_VERSIONS:
+    if version not in supported:
         raise _error(
             path,
-            f"a GGUF file of version {' or '.join(map(str, READER_SUPPORTED_VERSIONS))} (what the installed gguf reads)",
+            f"a GGUF file of version {' or '.join(map(str, supported))} (what the installed gguf reads)",
             f"{str(path)!r}, "
             + ("too short for a GGUF header" if version is None else f"which says it is version {version}"),
             "Convert the file with a current llama.cpp (convert_hf_to_gguf.py), or upgrade the gguf package.",

@@ -28,17 +28,17 @@ def storage_error(function: str, argument: str, path: Path | str, err: BaseExcep
     code = getattr(err, "errno", None)
     done = "written" if writing else "read"
     if code in _FULL:
-        found = f"{str(path)!r} could not be written: the disk or quota is full ({os.strerror(code)})"
+        found = f"{str(path)!r}, which could not be written: the disk or quota is full ({os.strerror(code)})"
         fix = "Free some space or write to another folder; no partial or temporary file was left behind."
     elif code in _DENIED:
-        found = f"{str(path)!r} could not be {done}: {os.strerror(code).lower()}"
+        found = f"{str(path)!r}, which could not be {done}: {os.strerror(code).lower()}"
         fix = (
             "Choose a folder you can write to, or change its permissions."
             if writing
             else "Change the file's permissions, or copy it somewhere readable."
         )
     else:
-        found = f"{str(path)!r} could not be {done} ({err})"
+        found = f"{str(path)!r}, which could not be {done} ({err})"
         fix = None
     expected = "a writable location with free space" if writing else "a readable file"
     error = bad_argument(function, argument, expected=expected, found=found, fix=fix, cls=StorageError)

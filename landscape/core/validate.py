@@ -146,11 +146,13 @@ def build_checked(
     try:
         fit_to_model(state, dry, function=function)
     except StateMismatchError as err:
+        # The mismatch itself, without its "f(model, state): " prefix and closing question.
+        detail = str(err).split(": ", 1)[-1].split(". Are these", 1)[0].rstrip(".")
         raise bad_argument(
             function,
             argument,
             expected=f"a model spec in {source} that matches its tensors",
-            found=f"a spec whose model does not fit them: {err}",
+            found=f"a spec whose model does not fit them ({detail})",
             fix=fix,
             cls=CheckpointError,
         ) from None

@@ -25,7 +25,7 @@ SMALL_SPEC = {"name": "mlp", "input_shape": [40], "num_classes": 10, "width": 8,
 EXPECTED = {
     "huge": "found a spec for a model of 457,805 MiB",
     "deep": "registers more than 272 parameters, buffers and submodules while being built",
-    "small": "does not fit them: landscape(model, state): expected the same parameter names",
+    "small": "does not fit them (expected the same parameter names; keys in model but not in state:",
 }
 
 

@@ -312,12 +312,12 @@ def test_a_read_only_folder_gives_a_named_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(
         StorageError,
-        match=r"ResumableRun\(out=...\): expected a writable location.*ro/.lock' could not be written: read-only file system",
+        match=r"ResumableRun\(out=...\): expected a writable location.*ro/.lock', which could not be written: read-only file system",
     ):
         ResumableRun(folder, {"a": 1})
     with pytest.raises(
         StorageError,
-        match=r"save_state\(path=...\): expected a writable location.*a.safetensors' could not be written: read-only",
+        match=r"save_state\(path=...\): expected a writable location.*a.safetensors', which could not be written: read-only",
     ):
         ls.save_state({"w": torch.ones(2)}, folder / "a.safetensors")
     assert list(folder.iterdir()) == []

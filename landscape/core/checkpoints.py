@@ -507,7 +507,6 @@ def load_state(
             tensors = _select_entry(source, key, "the dict")
         provenance.setdefault("format", "mapping")
         provenance.setdefault("source", "in-memory")
-        tensors = _unwrap(tensors, provenance)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if not path.exists():
@@ -549,7 +548,6 @@ def load_state(
                 fix="Leave key out.",
                 cls=CheckpointError,
             )
-        tensors = _unwrap(tensors, provenance)
     else:
         raise bad_argument(
             "load_state",
@@ -561,8 +559,8 @@ def load_state(
     if key is not None:
         provenance["key"] = key
 
-    if model is not None:
-        tensors = _fit_keys(tensors, model, provenance)
+    # With a model, wrapper prefixes are removed only where the model's own keys lack them.
+    tensors = _fit_keys(tensors, model, provenance) if model is not None else _unwrap(tensors, provenance)
     state = State(tensors, provenance=provenance)
     if model is not None:
         groups = tied_groups(model)

@@ -177,3 +177,20 @@ def test_key_is_refused_where_there_is_one_set_of_weights(model, tmp_path) -> No
         ls.load_state(path, key="state_dict")
     with pytest.raises(CheckpointError, match="no key for a module"):
         ls.load_state(model, key="state_dict")
+
+
+class _Wrapper(nn.Module):
+    """A model whose own keys start with ``module.``: nothing may be stripped from them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module = nn.Linear(3, 2)
+
+
+def test_a_model_whose_keys_start_with_module_keeps_them(tmp_path) -> None:
+    model = _Wrapper()
+    torch.save(model.state_dict(), tmp_path / "own.pt")
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "ddp.pt")
+    for path in (tmp_path / "own.pt", tmp_path / "ddp.pt"):
+        assert _same(ls.load_state(path, model=model), model.state_dict())
+    assert _same(fit_to_model(model.state_dict(), model), model.state_dict())

@@ -22,6 +22,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from landscape.core._sources import Loader
 from landscape.core.errors import (
     FolderInUseError,
     RunFolderError,
@@ -222,6 +223,11 @@ def _feed(h, value: object, where: str) -> None:
             _feed(h, item, f"{where}[{i}]")
     elif value is None or isinstance(value, (str, int, float, bool, np.generic)):
         h.update(("J|" + json.dumps(value.item() if isinstance(value, np.generic) else value) + "|").encode())
+    elif isinstance(value, Loader):
+        # landscape.core.Loader: its batches and the field names that pick inputs and targets.
+        to_batch = getattr(value.to_batch, "__qualname__", None) if value.to_batch is not None else None
+        _feed(h, {"loader": value.loader, "inputs": value.inputs, "targets": value.targets}, where)
+        h.update(f"F|{to_batch}|".encode())
     elif isinstance(value, torch.utils.data.DataLoader):
         # The dataset's content, in index order: the loader's batch order may be shuffled.
         _feed(h, value.dataset, f"{where}.dataset")

@@ -396,3 +396,16 @@ def test_round_trip_of_a_run_keeps_numbers_exact(tmp_path) -> None:
         np.testing.assert_array_equal(run.load("s").v.values, values)
         assert torch.equal(run.load_state("w")["w"], torch.from_numpy(values))
         assert json.loads((tmp_path / "files.json").read_text()).keys() == {"s.nc", "w.safetensors"}
+
+
+def test_data_fingerprint_of_the_engine_data_sources() -> None:
+    from landscape.core import Loader, TokenData
+
+    rows = [{"x": torch.full((3,), float(i)), "labels": torch.tensor(i % 2)} for i in range(6)]
+    loader = torch.utils.data.DataLoader(rows, batch_size=2)
+    assert data_fingerprint(Loader(loader, inputs=["x"])) != data_fingerprint(Loader(loader, inputs=["x"], targets="x"))
+    assert data_fingerprint(Loader(loader, inputs=["x"])) == data_fingerprint(
+        Loader(torch.utils.data.DataLoader(rows, batch_size=3, shuffle=True), inputs=["x"])
+    )
+    tokens = TokenData({"test": [[5, 6, 7], [8, 9]]}, pad_id=0)
+    assert data_fingerprint(tokens) != data_fingerprint(TokenData({"test": [[5, 6, 7], [8, 8]]}, pad_id=0))

@@ -5,10 +5,13 @@ where a raw library error would otherwise surface."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
 
 from landscape.core.errors import CheckpointError, StateMismatchError, bad_argument, describe
 
@@ -25,12 +28,60 @@ def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def dry_build(build: Callable[[], nn.Module], *, max_registrations: int) -> nn.Module:
+# Shape-only computations of a dry build that are cheaper on small CPU zeros than on the meta
+# device: many meta kernels are Python references whose first call imports torch._dynamo and
+# sympy (5-8 s on this project's machine), which a constructor's dummy forward pass (cnn1d
+# infers its classifier's width that way) or an in-place initialiser would otherwise trigger.
+_SMALL = 1 << 22  # elements of all tensor arguments together
+_OPERATORS = {f"__{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or")}
+_OPERATORS |= {f"__r{op[2:]}" for op in _OPERATORS} | {
+    f"__{op}__" for op in ("neg", "invert", "lt", "le", "gt", "ge", "eq", "ne")
+}
+# Values or identity matter to these, or their output shape depends on values: left to meta.
+_KEEP = {"item", "tolist", "numpy", "data_ptr", "to", "cpu", "cuda", "detach", "size", "dim", "numel", "stride"}
+_KEEP |= {"nonzero", "masked_select", "unique", "unique_consecutive", "argwhere", "bincount", "repeat_interleave"}
+_KEEP |= {"equal", "allclose", "type", "element_size", "is_floating_point", "storage_offset", "untyped_storage"}
+# In-place methods that change shapes or metadata: left to meta, the others change only values.
+_RESHAPING = {"resize_", "resize_as_", "set_", "squeeze_", "unsqueeze_", "t_", "transpose_", "swapdims_"}
+_RESHAPING |= {"swapaxes_", "as_strided_", "requires_grad_", "share_memory_", "copy_"}
+
+
+class _ShapesOnly(TorchFunctionMode):
+    """Inside a ``torch.device("meta")`` build: in-place value changes of meta tensors are
+    skipped (meta tensors hold no values), random factories become ``empty``, and small
+    computations run on CPU zeros of the same shapes and dtypes, their results moved to meta.
+    Anything else runs on the meta device as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
+        if not tensors:
+            if func in (torch.randn, torch.rand):  # their meta versions are Python references
+                kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
+                return torch.empty(*args, **kwargs)
+            return func(*args, **kwargs)
+        if not all(t.is_meta for t in tensors):
+            return func(*args, **kwargs)
+        if name.endswith("_") and not name.endswith("__") and name not in _RESHAPING:
+            return tensors[0]
+        private = name.startswith("_") and name not in _OPERATORS
+        if name in _KEEP or name.endswith("_") or private or sum(t.numel() for t in tensors) > _SMALL:
+            return func(*args, **kwargs)
+        args, kwargs = pytree.tree_map_only(
+            Tensor, lambda t: torch.zeros(t.shape, dtype=t.dtype, device="cpu"), (args, kwargs)
+        )
+        return pytree.tree_map_only(Tensor, lambda t: t.to("meta"), func(*args, **kwargs))
+
+
+def dry_build(build: Callable[[], nn.Module], *, max_registrations: int, fast: bool = True) -> nn.Module:
     """``build()`` on the ``meta`` device: parameters and buffers get shapes but no memory.
 
     A construction that registers more than ``max_registrations`` parameters, buffers and
     submodules in all is stopped as it happens (a spec with ``depth=10**9`` would otherwise
     take hours and the Python objects of a billion layers, even without tensor memory).
+    ``fast`` skips value-only work and runs small shape computations on CPU zeros (see
+    ``_ShapesOnly``); ``fast=False`` is the plain meta build.
 
     Raises
     ------
@@ -52,7 +103,7 @@ def dry_build(build: Callable[[], nn.Module], *, max_registrations: int) -> nn.M
         module_hooks.register_module_buffer_registration_hook(counted),
     ]
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _ShapesOnly() if fast else contextlib.nullcontext():
             return build()
     finally:
         for handle in handles:
@@ -72,10 +123,12 @@ def build_checked(
 
     ``build()`` first runs on the ``meta`` device, where tensors have shapes but no storage
     (a spec for a 160 GB model costs nothing there), with at most ``16 * len(state) + 256``
-    parameters, buffers and submodules registered. The dry model's keys and shapes must then fit ``state`` (after the prefix and
-    tied-weight handling of :func:`~landscape.core.checkpoints.fit_to_model`) and all its
-    parameters and buffers, non-persistent ones included, must fit ``max_bytes`` (default:
-    twice the bytes of ``state`` plus 256 MiB). Only then does ``build()`` run for real.
+    parameters, buffers and submodules registered (small shape computations of the constructor
+    run on CPU zeros, see :func:`dry_build`). All the dry model's parameters and buffers,
+    non-persistent ones included, must fit ``max_bytes`` (default: twice the bytes of
+    ``state`` plus 256 MiB), and its keys and shapes must fit ``state`` (after the prefix and
+    tied-weight handling of :func:`~landscape.core.checkpoints.fit_to_model`). Only then does
+    ``build()`` run for real.
 
     Parameters
     ----------
@@ -105,34 +158,41 @@ def build_checked(
     >>> build_checked(lambda: torch.nn.Linear(3, 2), state, function="demo", argument="path").weight.shape
     torch.Size([2, 3])
     """
+
     from landscape.core.checkpoints import fit_to_model
 
     state_bytes = _nbytes(state.values())
     budget = 2 * state_bytes + 256 * _MIB if max_bytes is None else int(max_bytes)
     max_registrations = 16 * len(state) + 256
     fix = "Pass the model explicitly (e.g. --model SPEC on the command line), or re-save the checkpoint with its model."
-    try:
-        dry = dry_build(build, max_registrations=max_registrations)
-    except _BudgetExceeded as err:
-        raise bad_argument(
-            function,
-            argument,
-            expected=f"a model spec in {source} for a model of at most {max_registrations:,} parameters, "
-            f"buffers and submodules ({len(state)} tensors are stored)",
-            found=f"a spec whose model registers {err} while being built",
-            fix=fix,
-            cls=CheckpointError,
-        ) from None
-    except Exception as err:  # any failure of an untrusted recipe is reported, not raised raw
-        raise bad_argument(
-            function,
-            argument,
-            expected=f"a model spec in {source} that builds a model",
-            found=f"a spec that fails to build ({type(err).__name__}: {err})",
-            fix=fix,
-            cls=CheckpointError,
-        ) from err
-    model_bytes = _nbytes([*dry.parameters(), *dry.buffers()])
+
+    def dry(fast: bool) -> nn.Module:
+        try:
+            return dry_build(build, max_registrations=max_registrations, fast=fast)
+        except _BudgetExceeded as err:  # counted alike with and without the shortcut
+            raise bad_argument(
+                function,
+                argument,
+                expected=f"a model spec in {source} for a model of at most {max_registrations:,} parameters, "
+                f"buffers and submodules ({len(state)} tensors are stored)",
+                found=f"a spec whose model registers {err} while being built",
+                fix=fix,
+                cls=CheckpointError,
+            ) from None
+        except Exception as err:  # any failure of an untrusted recipe is reported, not raised raw
+            if fast:  # the shortcut may not suit every constructor: the plain meta build decides
+                return dry(False)
+            raise bad_argument(
+                function,
+                argument,
+                expected=f"a model spec in {source} that builds a model",
+                found=f"a spec that fails to build ({type(err).__name__}: {err})",
+                fix=fix,
+                cls=CheckpointError,
+            ) from err
+
+    model = dry(True)
+    model_bytes = _nbytes([*model.parameters(), *model.buffers()])
     if model_bytes > budget:
         raise bad_argument(
             function,
@@ -144,19 +204,22 @@ def build_checked(
             cls=CheckpointError,
         )
     try:
-        fit_to_model(state, dry, function=function)
-    except StateMismatchError as err:
-        # The mismatch itself, without its "f(model, state): " prefix and closing question.
-        detail = str(err).split(": ", 1)[-1].split(". Are these", 1)[0].rstrip(".")
-        raise bad_argument(
-            function,
-            argument,
-            expected=f"a model spec in {source} that matches its tensors",
-            found=f"a spec whose model does not fit them ({detail})",
-            fix=fix,
-            cls=CheckpointError,
-        ) from None
-    del dry
+        fit_to_model(state, model, function=function)
+    except StateMismatchError:
+        try:  # confirmed with the plain meta build, whose shapes need no shortcut
+            fit_to_model(state, dry(False), function=function)
+        except StateMismatchError as err:
+            # The mismatch itself, without its "f(model, state): " prefix and closing question.
+            detail = str(err).split(": ", 1)[-1].split(". Are these", 1)[0].rstrip(".")
+            raise bad_argument(
+                function,
+                argument,
+                expected=f"a model spec in {source} that matches its tensors",
+                found=f"a spec whose model does not fit them ({detail})",
+                fix=fix,
+                cls=CheckpointError,
+            ) from None
+    del model
     return build()
 
 

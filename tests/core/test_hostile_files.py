@@ -5,8 +5,12 @@ or running code."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,11 +92,36 @@ def test_build_checked_budget_shapes_and_build_failures() -> None:
 
 
 @pytest.mark.parametrize("name", ls.models.available())
-def test_every_zoo_model_dry_builds_on_the_meta_device(name) -> None:
-    model = dry_build(lambda: ls.models.create(name), max_registrations=10_000)
-    assert {t.device.type for t in model.state_dict().values()} == {"meta"}
+def test_every_zoo_model_dry_builds_to_the_real_shapes(name) -> None:
+    shapes = {}
+    for fast in (True, False):  # the shortcut against the plain meta build
+        model = dry_build(lambda: ls.models.create(name), max_registrations=10_000, fast=fast)
+        assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
+        shapes[fast] = [(k, t.shape, t.dtype) for k, t in [*model.named_parameters(), *model.named_buffers()]]
     real = ls.models.create(name, seed=0)
+    assert (
+        shapes[True]
+        == shapes[False]
+        == [(k, t.shape, t.dtype) for k, t in [*real.named_parameters(), *real.named_buffers()]]
+    )
     assert build_checked(lambda: ls.models.create(name), real.state_dict(), function="f", argument="a") is not None
+
+
+def test_the_dry_build_of_the_zoo_imports_nothing_heavy() -> None:
+    # torch's Python meta kernels import torch._dynamo and sympy on first use (5-8 s here):
+    # the shortcut keeps checking a checkpoint's spec as cheap as building the model.
+    code = (
+        "import sys, landscape as ls\n"
+        "from landscape.core.validate import build_checked\n"
+        "for name in ls.models.available():\n"
+        "    state = ls.models.create(name, seed=0).state_dict()\n"
+        "    build_checked(lambda: ls.models.create(name), state, function='f', argument='a')\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def _sharded(folder, weight_map) -> None:

@@ -185,27 +185,43 @@ def _capped(value: object, limit: object) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    from landscape.core.device import set_num_threads
-    from landscape.core.errors import LandscapeError
-
+    command = "landscape"
     try:
-        set_num_threads(_threads(args.threads))
-        if os.environ.get(TINY_VARIABLE) == "1":
-            changed = apply_tiny(args)
-            shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
-            print(
-                f"{TINY_VARIABLE}=1: tiny settings ({shown or 'nothing to shrink'}); the numbers mean nothing",
-                file=sys.stderr,
-            )
-        return int(args.handler(args) or 0)
-    except LandscapeError as err:
-        print(f"landscape {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        command = f"landscape {args.command}"
+        from landscape.core.device import set_num_threads
+        from landscape.core.errors import LandscapeError
+
+        try:
+            set_num_threads(_threads(args.threads))
+            if os.environ.get(TINY_VARIABLE) == "1":
+                changed = apply_tiny(args)
+                shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
+                print(
+                    f"{TINY_VARIABLE}=1: tiny settings ({shown or 'nothing to shrink'}); the numbers mean nothing",
+                    file=sys.stderr,
+                )
+            return int(args.handler(args) or 0)
+        except LandscapeError as err:
+            print(f"{command}: error: {err}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt as err:
+        print(_interrupted_line(command, err), file=sys.stderr)
+        return 130
+
+
+def _interrupted_line(command: str, err: KeyboardInterrupt) -> str:
+    """One line for Ctrl-C instead of a traceback: what was saved and how to go on."""
+    from landscape.core.errors import RunInterrupted
+
+    if isinstance(err, RunInterrupted):
+        saved = f"{len(err.saved)} finished step(s) are saved" if err.saved else "no step had finished"
+        return f"{command}: interrupted; {saved} in {err.folder!r}; run the same command again to resume."
+    return f"{command}: interrupted before it finished; it writes its outputs when it finishes, so none were written."
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,6 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -44,13 +43,16 @@ def _cached_arrays(name: str, config: dict[str, object], build) -> dict[str, np.
             path.unlink(missing_ok=True)  # a corrupt cache file is rebuilt, not trusted
     arrays = build()
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write to a temporary file first so a killed process never leaves half a cache file.
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-                np.savez(tmp, **arrays)
-            os.replace(tmp.name, path)
-        except OSError:
+        from landscape.core.errors import StorageError
+        from landscape.core.files import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+                np.savez(f, **arrays)
+
+        try:  # atomic: a killed process or a full disk never leaves half a cache file or a temp file
+            atomic_write(path, write, function=name)
+        except StorageError:
             pass  # a read-only home directory only costs regeneration time
     return arrays
 

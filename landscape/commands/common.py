@@ -97,14 +97,28 @@ def load_data(args: argparse.Namespace, states: Sequence = ()):
 
 def model_for(spec: str | None, data, states: Sequence = ()) -> torch.nn.Module:
     """The model from ``--model SPEC``, else from the spec stored in the first checkpoint;
-    input shape and class count default to the data's."""
+    input shape and class count default to the data's.
+
+    A spec is checked against the first checkpoint's tensors before the model is allocated
+    (:func:`landscape.core.validate.build_checked`: a dry build on the ``meta`` device, a
+    size budget, then the keys and shapes), so a small file whose metadata describes a
+    huge model fails at once with a named error.
+    """
+    from landscape.core.validate import build_checked
     from landscape.models import from_spec, parse_spec
 
     if spec is None:
         for state in states:
             stored = state.provenance.get("metadata", {}).get("model_spec") if state.provenance else None
             if stored:
-                return from_spec(stored)
+                where = repr(str(state.provenance.get("source", "the checkpoint")))
+                return build_checked(
+                    lambda spec=stored: from_spec(spec),
+                    state,
+                    function="landscape",
+                    argument="checkpoint",
+                    source=where,
+                )
         raise bad_argument(
             "landscape",
             "--model",
@@ -119,6 +133,10 @@ def model_for(spec: str | None, data, states: Sequence = ()) -> torch.nn.Module:
     else:
         parsed.setdefault("input_shape", list(data.input_shape))
         parsed.setdefault("num_classes", data.num_classes)
+    if states:
+        return build_checked(
+            lambda: from_spec(parsed), states[0], function="landscape", argument="--model", source="--model"
+        )
     return from_spec(parsed)
 
 

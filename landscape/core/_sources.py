@@ -564,6 +564,9 @@ def as_sources(data: object, *, function: str, argument: str = "data") -> tuple[
         The sources by split, whether the data was one unnamed split, the data's name and
         its recorded metadata.
     """
+    from landscape.core.validate import check_data_device
+
+    check_data_device(data, function=function, argument=argument)
     if isinstance(data, (Tensor, np.ndarray)):
         x = _tensor(data, function=function, argument=argument)
         if x.dim() == 0 or x.shape[0] == 0:

@@ -386,7 +386,9 @@ def _fit_keys(tensors: dict[str, Tensor], model: nn.Module, notes: dict[str, obj
     return tensors
 
 
-def fit_to_model(state: Mapping[str, Tensor], model: nn.Module, *, function: str = "fit_to_model") -> State:
+def fit_to_model(
+    state: Mapping[str, Tensor], model: nn.Module, *, function: str = "fit_to_model", argument: str = "state"
+) -> State:
     """A state in the layout the engine runs ``model`` with: the model's keys, one per tied group.
 
     Undoes what wrappers do to keys: AveragedModel (EMA/SWA, an ``n_averaged`` entry and a
@@ -403,8 +405,8 @@ def fit_to_model(state: Mapping[str, Tensor], model: nn.Module, *, function: str
         A State or mapping of tensors, e.g. ``torch.load(path)["state_dict"]``.
     model
         The architecture it is for.
-    function
-        The public function named in the error.
+    function, argument
+        The public function and its argument named in the error.
 
     Returns
     -------
@@ -426,12 +428,12 @@ def fit_to_model(state: Mapping[str, Tensor], model: nn.Module, *, function: str
     >>> list(fitted), fitted.provenance["stripped_prefix"]
     (['weight', 'bias'], 'module.')
     """
-    source = as_state(state, function=function, argument="state")
+    source = as_state(state, function=function, argument=argument)
     notes: dict[str, object] = {}
     tensors = _fit_keys(dict(source), model, notes)
     groups = tied_groups(model)
     fitted = canonical_state(State(tensors, provenance={**source.provenance, **notes}), groups)
-    check_compatible(canonical_state(model.state_dict(), groups), fitted, function=function, names=("model", "state"))
+    check_compatible(canonical_state(model.state_dict(), groups), fitted, function=function, names=("model", argument))
     return fitted
 
 

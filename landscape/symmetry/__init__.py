@@ -23,14 +23,28 @@ from landscape.symmetry.graph import (
     symmetry_graph,
 )
 from landscape.symmetry.layout import Atom, Fixed, Layout, Prod, Sum
+
+# Imported last: it builds on the names above.
+from landscape.symmetry.surgery import (
+    AFFINE_LAYERS,
+    FoldedNorm,
+    fold_batchnorm,
+    layout_size,
+    map_units,
+    resize_model,
+    unfold_batchnorm,
+    unit_rows,
+)
 from landscape.symmetry.trace import UnsupportedOperationError
 from landscape.symmetry.transforms import KINDS, LinearMap, Permutation, SoftMap, Transform, random_transform
 
 __all__ = [
+    "AFFINE_LAYERS",
     "KINDS",
     "Atom",
     "AxisRef",
     "Fixed",
+    "FoldedNorm",
     "Group",
     "Layout",
     "LinearMap",
@@ -45,8 +59,14 @@ __all__ = [
     "UnsupportedOperationError",
     "apply",
     "example_input_for",
+    "fold_batchnorm",
+    "layout_size",
+    "map_units",
     "random_transform",
+    "resize_model",
     "symmetry_graph",
+    "unfold_batchnorm",
+    "unit_rows",
 ]
 
 

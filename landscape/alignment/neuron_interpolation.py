@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape.core import run_points
 from landscape.core.data import as_splits, batch_slices
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
@@ -27,7 +28,6 @@ from landscape.core.io import checkpoint_record
 from landscape.core.metrics import model_output_logits
 from landscape.core.progress import progress_bar
 from landscape.core.state import State, as_state, check_compatible
-from landscape.probes import features_at
 from landscape.symmetry import (
     AFFINE_LAYERS,
     Atom,
@@ -685,18 +685,7 @@ def neuron_interpolation(
             )
             bar.update(1)
     if folds:
-        stats = {}
-        work_model = model
-        outputs_at = features_at(
-            work_model, fused, x, layers=[f.layer for f in folds], batch_size=batch_size, device=dev
-        )
-        for f in folds:
-            channels = fused[f.bias].shape[0]
-            values = (
-                outputs_at[f.layer].double().reshape(x.shape[0], channels, -1).transpose(0, 1).reshape(channels, -1)
-            )
-            stats[f.norm] = (values.mean(1), values.var(1, unbiased=False))
-        fused = unfold_batchnorm(fused, folds, stats)
+        fused = unfold_batchnorm(model, fused, folds, x, batch_size=batch_size, device=dev)
     fused = State(dict(fused))
     fused.provenance = {
         "format": "fused",
@@ -718,16 +707,19 @@ def _unit_outputs(
     """Every layer's unit values on ``x`` as (samples, units) float32 on the CPU (positions of
     a convolution count as samples, in the order the least-squares rows use)."""
     names = list(dict.fromkeys(layer.output for layer in layers))
-    flat = features_at(model, state, x, layers=names, batch_size=batch_size, device=device)
-    out = {}
-    for layer in layers:
-        units = state[layer.weight].shape[0]
-        if isinstance(modules[layer.name], nn.Linear):
-            value = flat[layer.output].reshape(x.shape[0], -1, units)
-        else:
-            value = flat[layer.output].reshape(x.shape[0], units, -1).transpose(1, 2)
-        out[layer.output] = value.reshape(-1, units)
-    return out
+    parts: dict[str, list[Tensor]] = {layer.output: [] for layer in layers}
+    run = run_points(
+        model, [state], x, features=names, batch_size=batch_size, device=device, function="neuron_interpolation"
+    )
+    try:
+        for out in run:
+            for layer in layers:
+                value = out.features[layer.output][0]
+                linear = isinstance(modules[layer.name], nn.Linear)
+                parts[layer.output].append(_unit_matrix(value, linear).float().cpu())
+    finally:
+        run.close()
+    return {name: torch.cat(values) for name, values in parts.items()}
 
 
 def _cluster_means(

@@ -22,8 +22,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from landscape.alignment.neuron_interpolation import _check_plain, inputs_of
-from landscape.core.batchnorm import bn_buffer_keys, fresh_bn_buffers, recompute_mode
-from landscape.core.data import as_splits, batch_slices
+from landscape.core import recompute_bn
+from landscape.core.data import as_splits
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.io import checkpoint_record, provenance_attrs
@@ -386,24 +386,6 @@ def _correlations(
     return out
 
 
-def _recompute_bn(model: nn.Module, state: State, x: Tensor, *, batch_size: int, device: torch.device) -> State:
-    """BatchNorm running statistics recomputed on ``x`` (example-weighted over batches)."""
-    keys = bn_buffer_keys(model)
-    if not keys:
-        return state
-    work = copy.deepcopy(model)
-    work.load_state_dict({**state, **fresh_bn_buffers(dict(state), keys)})
-    work.to(device).eval()
-    dtype = next((p.dtype for p in work.parameters() if p.is_floating_point()), torch.float32)
-    with torch.no_grad(), recompute_mode(work) as before_batch:
-        for s in batch_slices(x.shape[0], batch_size):
-            xb = x[s].to(device)
-            before_batch(xb.shape[0])
-            work(xb.to(dtype) if xb.is_floating_point() else xb)
-    fresh = work.state_dict()
-    return State({k: (fresh[k].detach().cpu().clone() if k in keys else v) for k, v in state.items()})
-
-
 def zipit(
     model: nn.Module,
     states: Sequence[Mapping[str, Tensor] | nn.Module | str],
@@ -579,7 +561,7 @@ def zipit(
             zipped_model = ZippedModel(trunk_model, heads, graph.module, trunk, layouts, gathers, sizes)
             zipped_state = State({k: v.detach().clone() for k, v in zipped_model.state_dict().items()})
         if reset_bn:
-            zipped_state = _recompute_bn(zipped_model, zipped_state, x, batch_size=batch_size, device=dev)
+            zipped_state = recompute_bn(zipped_model, zipped_state, x, batch_size=batch_size, device=dev)
         zipped_model.load_state_dict(zipped_state)
         bar.update(1)
     zipped_state.provenance = {

@@ -28,7 +28,6 @@ from landscape.core.metrics import model_output_logits
 from landscape.core.progress import progress_bar
 from landscape.core.spec import spec_of
 from landscape.core.state import State, as_state, check_compatible
-from landscape.probes import features_at
 from landscape.symmetry import (
     AFFINE_LAYERS,
     Atom,
@@ -38,6 +37,7 @@ from landscape.symmetry import (
     Sum,
     SymmetryGraph,
     Transform,
+    channel_statistics,
     fold_batchnorm,
     map_units,
     resize_model,
@@ -341,29 +341,6 @@ def _affine_keys(graph: SymmetryGraph, folds: tuple[FoldedNorm, ...]) -> set[str
     return keys
 
 
-def _output_statistics(
-    model: nn.Module,
-    state: State,
-    layers: dict[str, str],
-    x: Tensor,
-    *,
-    batch_size: int,
-    device: torch.device,
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per-channel mean and variance (axis 1) of each module's output on ``x``:
-    ``{key: (mean, var)}`` for ``layers = {key: module name}``."""
-    if not layers:
-        return {}
-    outputs = features_at(model, state, x, layers=sorted(set(layers.values())), batch_size=batch_size, device=device)
-    out = {}
-    for key, module in layers.items():
-        values = outputs[module].double()
-        channels = int(dict(model.named_modules())[module].weight.shape[0])
-        values = values.reshape(x.shape[0], channels, -1).transpose(0, 1).reshape(channels, -1)
-        out[key] = (values.mean(1), values.var(1, unbiased=False))
-    return out
-
-
 def _repair(
     model: nn.Module,
     state: State,
@@ -380,12 +357,11 @@ def _repair(
     from landscape.alignment import correct_statistics
 
     pruned_graph = symmetry_graph(pruned_model, (x[:2],))
-    sites = [s for s in pruned_graph.repair_sites if s.axis == 1 or s.output]
-    layers = {s.node: s.module for s in sites}
-    before = _output_statistics(model, state, layers, x, batch_size=batch_size, device=device)
+    sites = [s for s in pruned_graph.repair_sites if s.axis == 1]
+    before = channel_statistics(model, state, x, [s.module for s in sites], batch_size=batch_size, device=device)
     targets = {}
     for s in sites:
-        mean, var = before[s.node]
+        mean, var = before[s.module]
 
         def select(t: Tensor, dim: int, group: str) -> Tensor:
             return t.index_select(dim, kept[group]) if group in kept else t
@@ -566,9 +542,7 @@ def intra_fusion(
     pruned_state = State({key: fused[key] if key in affine else selected[key] for key in folded})
     pruned_model = resize_model(model, pruned_state)
     if x is not None and folds:
-        layers = {f.norm: f.layer for f in folds}
-        stats = _output_statistics(pruned_model, pruned_state, layers, x, batch_size=batch_size, device=dev)
-        pruned_state = unfold_batchnorm(pruned_state, folds, stats)
+        pruned_state = unfold_batchnorm(pruned_model, pruned_state, folds, x, batch_size=batch_size, device=dev)
     if repair:
         pruned_state = _repair(model, state, pruned_model, pruned_state, kept, x, batch_size=batch_size, device=dev)
     history = None

@@ -28,6 +28,7 @@ from landscape.symmetry.layout import Atom, Fixed, Layout, Prod, Sum
 from landscape.symmetry.surgery import (
     AFFINE_LAYERS,
     FoldedNorm,
+    channel_statistics,
     fold_batchnorm,
     layout_size,
     map_units,
@@ -58,6 +59,7 @@ __all__ = [
     "Transform",
     "UnsupportedOperationError",
     "apply",
+    "channel_statistics",
     "example_input_for",
     "fold_batchnorm",
     "layout_size",

@@ -28,6 +28,7 @@ from landscape.symmetry import Atom, Fixed, Layout, Prod, Sum, SymmetryGraph
 __all__ = [
     "AFFINE_LAYERS",
     "FoldedNorm",
+    "channel_statistics",
     "fold_batchnorm",
     "layout_size",
     "map_units",
@@ -169,27 +170,96 @@ def fold_batchnorm(
     return State(out, provenance={"derived": "fold_batchnorm"}), tuple(folds)
 
 
-def unfold_batchnorm(
-    state: Mapping[str, Tensor],
-    folds: Sequence[FoldedNorm],
-    statistics: Mapping[str, tuple[Tensor, Tensor]],
-) -> State:
-    """Give folded BatchNorm layers running statistics again, keeping the function.
-
-    Each folded norm gets ``running_mean = mean``, ``running_var = var`` (the statistics of
-    its input, i.e. of the folded layer's output, on data), ``weight = sqrt(var + eps)`` and
-    ``bias = mean + shift``: in eval mode it still computes the identity (plus the shift), and
-    in train mode, where it normalises each batch by the batch's own statistics, it computes
-    nearly the same, so that a folded, fused or pruned network can be fine-tuned.
+def channel_statistics(
+    model: nn.Module,
+    state: Mapping[str, Tensor] | nn.Module,
+    data: object,
+    modules: Sequence[str],
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Mean and variance (over examples and positions) of every channel of the outputs of
+    named modules, on ``data``, through :func:`landscape.core.run_points`.
 
     Parameters
     ----------
+    model, state
+        The network (in eval mode).
+    data
+        Inputs, an ``(x, y)`` pair or Splits (every split is used).
+    modules
+        Module names; channels are axis 1 of their outputs ((N, C) or (N, C, ...)).
+    batch_size, device
+        Examples per forward pass, where to run.
+
+    Returns
+    -------
+    dict of str to (Tensor, Tensor)
+        Per module, float64 mean and population variance per channel, on the CPU.
+
+    Examples
+    --------
+    >>> import torch, landscape as ls
+    >>> model = ls.models.create("mlp", width=4, depth=1, seed=0)
+    >>> mean, var = channel_statistics(model, model, torch.randn(32, 40), ["features.fc1"])["features.fc1"]
+    >>> mean.shape
+    torch.Size([4])
+    """
+    from landscape.core import run_points
+
+    names = list(dict.fromkeys(modules))
+    sums: dict[str, list] = {name: [0, 0.0, 0.0] for name in names}
+    run = run_points(
+        model, [state], data, features=names, batch_size=batch_size, device=device, function="channel_statistics"
+    )
+    try:
+        for out in run:
+            for name in names:
+                value = out.features[name][0].double()
+                units = value.movedim(1, -1).reshape(-1, value.shape[1])
+                acc = sums[name]
+                acc[0] += units.shape[0]
+                acc[1] = acc[1] + units.sum(0)
+                acc[2] = acc[2] + (units * units).sum(0)
+    finally:
+        run.close()
+    out_stats = {}
+    for name, (n, s1, s2) in sums.items():
+        mean = s1 / n
+        out_stats[name] = (mean.cpu(), (s2 / n - mean * mean).clamp_min(0).cpu())
+    return out_stats
+
+
+def unfold_batchnorm(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    folds: Sequence[FoldedNorm],
+    data: object,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+) -> State:
+    """Give folded BatchNorm layers running statistics again, keeping the function.
+
+    Each folded norm gets ``running_mean = mean`` and ``running_var = var``, the statistics
+    of its input (the folded layer's output) on ``data``, ``weight = sqrt(var + eps)`` and
+    ``bias = mean + shift``: in eval mode it still computes the identity (plus the shift),
+    and in train mode, where it normalises each batch by the batch's own statistics, nearly
+    the same, so that a folded, fused or pruned network can be fine-tuned.
+
+    Parameters
+    ----------
+    model
+        The architecture of ``state`` (e.g. the narrower model of a pruned state).
     state
         A state whose norms were folded by :func:`fold_batchnorm`.
     folds
         The folds it returned (norms without an affine weight are left folded).
-    statistics
-        ``{norm name: (mean, var)}`` per channel of each norm's input; norms left out stay folded.
+    data
+        Inputs or labelled data to measure the statistics on.
+    batch_size, device
+        Examples per forward pass, where to run.
 
     Returns
     -------
@@ -201,15 +271,18 @@ def unfold_batchnorm(
     >>> from landscape.symmetry import symmetry_graph
     >>> model = ls.models.create("mlp", width=4, depth=1, norm="batch", seed=0)
     >>> folded, folds = fold_batchnorm(symmetry_graph(model), model)
-    >>> back = unfold_batchnorm(folded, folds, {"features.norm1": (torch.zeros(4), torch.ones(4))})
-    >>> back["features.norm1.running_var"].tolist()
-    [1.0, 1.0, 1.0, 1.0]
+    >>> back = unfold_batchnorm(model, folded, folds, torch.randn(64, 40))
+    >>> bool((back["features.norm1.running_var"] != folded["features.norm1.running_var"]).all())
+    True
     """
-    out = dict(as_state(state, function="unfold_batchnorm", argument="state"))
-    for fold in folds:
-        if fold.norm not in statistics or _key(fold.norm, "weight") not in out:
-            continue
-        mean, var = (torch.as_tensor(t).double().cpu() for t in statistics[fold.norm])
+    state = as_state(state, function="unfold_batchnorm", argument="state")
+    chosen = [f for f in folds if _key(f.norm, "weight") in state]
+    if not chosen:
+        return State(dict(state), provenance={"derived": "unfold_batchnorm"})
+    statistics = channel_statistics(model, state, data, [f.layer for f in chosen], batch_size=batch_size, device=device)
+    out = dict(state)
+    for fold in chosen:
+        mean, var = statistics[fold.layer]
         bias_key = _key(fold.norm, "bias")
         shift = out[bias_key].double() if fold.bias == bias_key else torch.zeros_like(mean)
         dtype = out[_key(fold.norm, "running_mean")].dtype

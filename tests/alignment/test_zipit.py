@@ -12,7 +12,7 @@ from torch import nn
 
 import landscape as ls
 from landscape.alignment import ZippedModel, fuse, match_features, zipit
-from landscape.alignment.zipit import _recompute_bn
+from landscape.core import recompute_bn
 from landscape.core.errors import LandscapeError
 from tests.conftest import reference_metrics
 from tests.fusion_models import SmallResNet18Layout, randomize_batchnorm, torchvision_resnet18
@@ -104,7 +104,7 @@ def test_batchnorm_statistics_are_recomputed_like_a_plain_loop() -> None:
     gen = torch.Generator().manual_seed(2)
     x, y = torch.randn(96, *shape, generator=gen), torch.randint(0, 10, (96,), generator=gen)
     state = ls.state_of(model)
-    recomputed = _recompute_bn(model, state, x, batch_size=40, device=torch.device("cpu"))
+    recomputed = recompute_bn(model, state, x, batch_size=40, device="cpu")
     loss, accuracy = reference_metrics(model, state, x, y, bn_x=x, bn_batch=40)
     result = ls.evaluate(model, recomputed, (x, y), progress=False)
     # both are float32 passes over the same batches: statistics agree to ~1e-6
@@ -115,7 +115,7 @@ def test_batchnorm_statistics_are_recomputed_like_a_plain_loop() -> None:
     mlp_state = ls.state_of(mlp)
     x = torch.randn(96, 40, generator=gen)
     zipped = zipit(mlp, [mlp_state, mlp_state], x, batch_size=40, progress=False)
-    expected = _recompute_bn(mlp, mlp_state, x, batch_size=40, device=torch.device("cpu"))
+    expected = recompute_bn(mlp, mlp_state, x, batch_size=40, device="cpu")
     assert torch.allclose(_run(zipped.model, zipped.state, x), _run(mlp, expected, x), atol=1e-4)
 
 

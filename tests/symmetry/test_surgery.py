@@ -70,11 +70,20 @@ def test_fold_and_unfold_keep_the_function(name: str, device: str) -> None:
     base = _outputs(model, state, x, device)
     # float32 weights, products of a few terms: agreement to ~1e-5 relative
     assert torch.allclose(_outputs(model, folded, x, device), base, atol=1e-4, rtol=1e-4)
-    stats = {f.norm: (torch.randn(folded[f.bias].shape[0]), torch.rand(folded[f.bias].shape[0]) + 0.1) for f in folds}
-    back = unfold_batchnorm(folded, folds, stats)
+    back = unfold_batchnorm(model, folded, folds, x, batch_size=7, device=device)
     assert torch.allclose(_outputs(model, back, x, device), base, atol=1e-4, rtol=1e-4)
+    # the statistics are those of the folded layer's output, measured by a plain hook
     first = folds[0]
-    assert torch.allclose(back[f"{first.norm}.running_mean"], stats[first.norm][0])
+    m = copy.deepcopy(model)
+    m.load_state_dict(folded)
+    seen = []
+    m.get_submodule(first.layer).register_forward_hook(lambda _m, _i, out: seen.append(out.detach().double()))
+    m.eval()
+    with torch.no_grad():
+        m(x)
+    channels = seen[0].movedim(1, -1).reshape(-1, seen[0].shape[1])
+    assert torch.allclose(back[f"{first.norm}.running_mean"].double(), channels.mean(0), atol=1e-5)
+    assert torch.allclose(back[f"{first.norm}.running_var"].double(), channels.var(0, unbiased=False), atol=1e-5)
 
 
 def test_fold_needs_a_traced_graph() -> None:

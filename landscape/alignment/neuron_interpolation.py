@@ -372,7 +372,14 @@ def neuron_attribution(
 
 
 def weighted_kmeans(
-    gram: Tensor, weights: Tensor, clusters: int, *, restarts: int = 4, max_iter: int = 100, seed: int = 0
+    gram: Tensor,
+    weights: Tensor,
+    clusters: int,
+    *,
+    restarts: int = 4,
+    max_iter: int = 100,
+    seed: int = 0,
+    device: str | torch.device = "auto",
 ) -> Tensor:
     """Weighted k-means of points given only their Gram matrix (kernel k-means), on the
     Gram matrix's device.
@@ -393,6 +400,8 @@ def weighted_kmeans(
         Number of clusters (at most the number of points).
     restarts, max_iter, seed
         Independent seedings, Lloyd iterations per seeding, seed of the seedings.
+    device
+        Where the iterations run.
 
     Returns
     -------
@@ -406,7 +415,7 @@ def weighted_kmeans(
     >>> weighted_kmeans(p @ p.T, torch.ones(4), 2).tolist() in ([0, 0, 1, 1], [1, 1, 0, 0])
     True
     """
-    g = gram.double()
+    g = gram.to(resolve_device(device, function="weighted_kmeans"), torch.float64)
     n = g.shape[0]
     if not 1 <= clusters <= n:
         raise bad_argument("weighted_kmeans", "clusters", expected=f"between 1 and {n}", found=repr(clusters))
@@ -673,7 +682,7 @@ def neuron_interpolation(
                     part = units.T @ units
                     gram = part if gram is None else gram + part
             unit_weights = torch.cat([sum(sc[layer.output] for layer in producers[g]) for sc in scores])
-            labels = weighted_kmeans(gram, unit_weights, sizes[g], restarts=restarts, seed=seed)
+            labels = weighted_kmeans(gram, unit_weights, sizes[g], restarts=restarts, seed=seed, device=dev)
             assignments[g] = _assignment(labels, unit_weights, sizes[g])
             bar.update(1)
         # -- starting point: per-unit parameters as the clusters' weighted means --------------

@@ -54,7 +54,13 @@ __all__ = ["Zipped", "ZippedModel", "match_features", "zipit"]
 
 
 def match_features(
-    correlation: Tensor, owners: Tensor, clusters: int, *, alpha: float = 0.3, beta: float = 0.125
+    correlation: Tensor,
+    owners: Tensor,
+    clusters: int,
+    *,
+    alpha: float = 0.3,
+    beta: float = 0.125,
+    device: str | torch.device = "auto",
 ) -> Tensor:
     """ZipIt's greedy matching: merge the most correlated pair of features (or of merged
     features) until ``clusters`` remain.
@@ -76,6 +82,8 @@ def match_features(
         Number of merged features to keep.
     alpha, beta
         The reference's hyperparameters (its defaults).
+    device
+        Where the matching runs.
 
     Returns
     -------
@@ -90,7 +98,7 @@ def match_features(
     >>> match_features(corr, torch.tensor([0, 0, 1, 1]), 2).tolist()
     [0, 1, 0, 1]
     """
-    sims = correlation.double().clone()
+    sims = correlation.to(resolve_device(device, function="match_features"), torch.float64).clone()
     f = sims.shape[0]
     if owners.shape != (f,) or not 1 <= clusters <= f:
         raise bad_argument(
@@ -524,7 +532,7 @@ def zipit(
             size = graph.groups[g].size
             owners = torch.arange(n).repeat_interleave(size)
             k = max(1, round(width * size))
-            labels = match_features(correlations[g], owners, k, alpha=alpha, beta=beta)
+            labels = match_features(correlations[g], owners, k, alpha=alpha, beta=beta, device=dev)
             merges[g] = labels
             share = torch.as_tensor(omega, dtype=torch.float64)[owners]
             member = torch.zeros(k, n * size, dtype=torch.float64)

@@ -46,7 +46,7 @@ def test_weighted_kmeans_finds_the_brute_force_optimum(device: str) -> None:
         return total
 
     best = min(cost(labels) for labels in itertools.product(range(3), repeat=8) if len(set(labels)) == 3)
-    found = weighted_kmeans((points @ points.T).to(device), w, 3, restarts=8, seed=0)
+    found = weighted_kmeans(points @ points.T, w, 3, restarts=8, seed=0, device=device)
     assert found.device.type == "cpu"
     assert cost(found.tolist()) == pytest.approx(best, rel=1e-9)
 

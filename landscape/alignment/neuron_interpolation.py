@@ -261,26 +261,22 @@ def _attribution_batch(
 
         hooks.append(work.get_submodule(name).register_forward_hook(hook))
     try:
-        if kind == "gradient_x_activation":
-            alphas = [1.0]
-        else:
-            alphas = [k / steps for k in range(steps + 1)]
-        previous: dict[str, Tensor] | None = None
-        total = {name: None for name in modules}
-        for alpha in alphas:
-            values.clear()
-            logits = model_output_logits(work(xb * alpha))
-            chosen = logits.reshape(-1, logits.shape[-1]).gather(1, yb.reshape(-1, 1)).sum()
-            chosen.backward()
-            for name in modules:
-                a, g = values[name].detach(), values[name].grad
-                g = torch.zeros_like(a) if g is None else g.detach()
-                if kind == "gradient_x_activation":
-                    total[name] = g * a
-                elif previous is not None:
-                    part = g * (a - previous[name])
-                    total[name] = part if total[name] is None else total[name] + part
-            previous = {name: values[name].detach() for name in modules}
+        # every point of the path from the zero input, for every example, in one pass: the
+        # examples are independent (eval mode), so one backward gives every point's gradient
+        alphas = [1.0] if kind == "gradient_x_activation" else [k / steps for k in range(steps + 1)]
+        scale = torch.tensor(alphas, dtype=xb.dtype, device=xb.device)
+        path = (scale.reshape(-1, *([1] * xb.dim())) * xb.unsqueeze(0)).reshape(-1, *xb.shape[1:])
+        logits = model_output_logits(work(path))
+        targets = yb.reshape(1, -1).expand(len(alphas), -1).reshape(-1, 1)
+        logits.reshape(-1, logits.shape[-1]).gather(1, targets).sum().backward()
+        total = {}
+        for name in modules:
+            a = values[name].detach()
+            g = values[name].grad
+            g = torch.zeros_like(a) if g is None else g.detach()
+            a = a.reshape(len(alphas), xb.shape[0], *a.shape[1:])
+            g = g.reshape(len(alphas), xb.shape[0], *g.shape[1:])
+            total[name] = g[0] * a[0] if kind == "gradient_x_activation" else (g[1:] * (a[1:] - a[:-1])).sum(0)
     finally:
         for h in hooks:
             h.remove()
@@ -306,7 +302,9 @@ def neuron_attribution(
     to the example, by a Riemann sum over ``steps`` points with the unit's exact differences
     (so the conductances of a layer every path crosses sum to ``logit(x) - logit(0)``).
     ``"gradient_x_activation"``: ``unit * d logit / d unit`` at the example. ``"uniform"``: ones.
-    Scores are the absolute attributions summed over positions and averaged over examples.
+    Scores are the absolute attributions summed over positions and averaged over examples. The
+    ``steps + 1`` points of the path of a batch run as one pass of ``(steps + 1) x batch_size``
+    examples.
 
     Parameters
     ----------

@@ -8,6 +8,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import landscape as ls
@@ -142,3 +144,26 @@ def test_torchvision_resnet18_when_it_imports() -> None:
     x = torch.randn(8, 3, 32, 32)
     zipped = zipit(model, [model, model], x, up_to="layer2", reset_bn=False, progress=False)
     assert torch.allclose(_run(zipped.model, zipped.state, x), _run(model, ls.state_of(model), x), atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    networks=st.integers(1, 3),
+    units=st.integers(2, 6),
+    seed=st.integers(0, 10_000),
+    alpha=st.sampled_from([0.0, 0.3, 1.0]),
+    beta=st.sampled_from([0.0, 0.125, 1.0]),
+)
+def test_match_features_always_returns_the_asked_number_of_merged_features(
+    networks: int, units: int, seed: int, alpha: float, beta: float
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(50, networks * units, generator=gen, dtype=torch.float64)
+    corr = torch.corrcoef(feats.T)
+    owners = torch.arange(networks).repeat_interleave(units)
+    clusters = max(1, (networks * units) // 2)
+    labels = match_features(corr, owners, clusters, alpha=alpha, beta=beta)
+    assert sorted(set(labels.tolist())) == list(range(clusters))
+    # merged features are numbered in the order of their first member
+    firsts = [labels.tolist().index(k) for k in range(clusters)]
+    assert firsts == sorted(firsts)

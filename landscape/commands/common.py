@@ -5,12 +5,22 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads in the handlers, never while the parser is built
+    import torch
 
-from landscape.core.errors import bad_argument
+    from landscape.core.errors import LandscapeError
 
 DATASETS = ("mnist1d", "digits", "docstrings")
+
+
+def bad_argument(function: str, argument: str, **details: object) -> LandscapeError:
+    """:func:`landscape.core.errors.bad_argument`, imported when an error is built: importing
+    ``landscape.core`` loads torch, which building the parser (``landscape --help``) must not."""
+    from landscape.core.errors import bad_argument as build
+
+    return build(function, argument, **details)
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -20,14 +30,33 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         choices=DATASETS,
         help="offline dataset (default: the one stored in the checkpoint, else mnist1d)",
     )
-    parser.add_argument("--data-seed", type=int, default=None, help="seed of the dataset draw/split (default 0)")
-    parser.add_argument("--n-train", type=int, default=None, help="training examples (mnist1d, docstrings)")
-    parser.add_argument("--n-test", type=int, default=None, help="test examples (mnist1d, docstrings)")
+    parser.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="seed of the dataset's draw and split (default: the checkpoint's, else 0)",
+    )
+    parser.add_argument(
+        "--n-train",
+        type=int,
+        default=None,
+        help="training examples of mnist1d or docstrings (default: the checkpoint's, else 4,000 for mnist1d, 2,000 for docstrings)",
+    )
+    parser.add_argument(
+        "--n-test",
+        type=int,
+        default=None,
+        help="test examples of mnist1d or docstrings (default: the checkpoint's, else 1,000 for mnist1d, 500 for docstrings)",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=None, help="examples per forward pass")
+    parser.add_argument(
+        "--device", default="auto", help="where to compute: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="examples per forward pass (default: the engine's choice)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

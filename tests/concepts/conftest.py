@@ -69,6 +69,46 @@ def make_model(arch: str, *, hidden: int = 32, layers: int = 3, seed: int = 0):
     return model.eval()
 
 
+def chat_prefix(tokenizer, prompt: str) -> list[int]:
+    """The ids of a prompt rendered as a user turn: transformers 4.x returns a list from
+    ``apply_chat_template(tokenize=True)``, 5.x a BatchEncoding."""
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    if hasattr(rendered, "keys") and "input_ids" in rendered:
+        rendered = rendered["input_ids"]
+    return list(rendered)
+
+
+def make_arch(name: str, *, hidden: int = 32, layers: int = 2, seed: int = 0):
+    """A tiny model of another family, from its config (random weights)."""
+    vocab = len(SPECIALS) + 96
+    ids = {"pad_token_id": 3, "bos_token_id": 1, "eos_token_id": 2}
+    configs = {
+        "opt": lambda: transformers.OPTConfig(
+            vocab_size=vocab, hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=hidden, **ids,
+        ),
+        "olmo2": lambda: transformers.Olmo2Config(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256, **ids,
+        ),
+        "mamba": lambda: transformers.MambaConfig(
+            vocab_size=vocab, hidden_size=hidden, state_size=4, num_hidden_layers=layers, **ids
+        ),
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256, **ids,
+        ),
+        "phi": lambda: transformers.PhiConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256, **ids,
+        ),
+    }  # fmt: skip
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(configs[name]()).eval()
+
+
 @pytest.fixture(scope="session")
 def llama():
     return make_model("llama"), make_tokenizer()

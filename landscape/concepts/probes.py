@@ -203,9 +203,13 @@ class ConceptProbe:
         directions = np.zeros((n_layers, width))
         coef = np.zeros(n_layers)
         intercept = np.zeros(n_layers)
+        kept = np.ones(n_layers, dtype=bool)
         for j in range(n_layers):
             x_tok, y_tok = _tokens(data[train, j], y[train])
             direction = self._direction(x_tok, y_tok)
+            if direction is None:
+                kept[j] = False
+                continue
             proj = x_tok @ direction
             if np.corrcoef(proj, y_tok)[0, 1] < 0:  # orientation: the projection grows with the label
                 direction = -direction
@@ -213,16 +217,32 @@ class ConceptProbe:
             directions[j] = direction
             coef[j], intercept[j] = _fit_logistic_1d(proj, y_tok)
 
+        if not kept.any():
+            raise bad_argument(
+                "fit_probe",
+                "reps",
+                expected="classes whose representations differ in at least one layer",
+                found="identical representations of every example (a zero direction in every layer)",
+            )
+        if not kept.all():
+            # E.g. pre_attn of layer 0 at the last token sees only that token's embedding:
+            # when every completion ends with the same token, the layer knows nothing.
+            warnings.warn(
+                f"fit_probe: layers {info['layers'][~kept].tolist()} left out of the probe: every example's "
+                "representation there is the same, so no direction separates the classes.",
+                stacklevel=3,
+            )
         attrs = info["attrs"]
         mean_norm = info.get("mean_norm")
         if mean_norm is None:
             mean_norm = np.array([np.nanmean(np.linalg.norm(data[:, j], axis=-1)) for j in range(n_layers)])
-        self.directions_ = directions.astype(np.float32)
-        self.layers_ = info["layers"]
-        self.coef_ = coef
-        self.intercept_ = intercept
+        data = data[:, kept]
+        self.directions_ = directions[kept].astype(np.float32)
+        self.layers_ = info["layers"][kept]
+        self.coef_ = coef[kept]
+        self.intercept_ = intercept[kept]
         self.classes_ = classes
-        self.mean_norm_ = np.asarray(mean_norm, dtype=np.float64)
+        self.mean_norm_ = np.asarray(mean_norm, dtype=np.float64)[kept]
         self.hidden_size_ = int(width)
         self.site_ = attrs.get("site")
         self.read_ = attrs.get("read")
@@ -236,10 +256,14 @@ class ConceptProbe:
         self.n_train_ = int(train.sum())
         self.n_val_ = int(val.sum())
         self.train_accuracy_ = self._accuracy(data[train], y[train])
-        self.val_accuracy_ = self._accuracy(data[val], y[val]) if val.any() else np.full(n_layers, np.nan)
+        self.val_accuracy_ = self._accuracy(data[val], y[val]) if val.any() else np.full(int(kept.sum()), np.nan)
         return self
 
-    def _direction(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _direction(self, x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+        """The unit direction of one layer, or None when every representation there is the same."""
+        scale = float(np.abs(x).max()) if x.size else 0.0
+        if not np.isfinite(scale) or float(np.ptp(x, axis=0).max()) <= 1e-6 * max(scale, 1e-30):
+            return None
         if self.kind == "mean_diff":
             d = x[y == 1].mean(axis=0) - x[y == 0].mean(axis=0)
         elif self.kind == "logistic":
@@ -263,12 +287,7 @@ class ConceptProbe:
             d = vt[0]
         norm = np.linalg.norm(d)
         if not np.isfinite(norm) or norm == 0:
-            raise bad_argument(
-                "fit_probe",
-                "reps",
-                expected="classes whose representations differ",
-                found="identical class representations (a zero direction)",
-            )
+            return None
         return d / norm
 
     def _accuracy(self, data: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -44,8 +44,12 @@ def test_cli_fit_guide_curve(model_dir, tmp_path, capsys):
         ]
     )
     assert code == 0 and "val_accuracy" in capsys.readouterr().out
-    assert load_probe(probe).kind == "logistic" and load_probe(probe).concept_ == "sentiment"
-    assert xr.open_dataset(tmp_path / "acc.nc", engine="h5netcdf").sizes["layer"] == 3
+    loaded = load_probe(probe)
+    assert loaded.kind == "logistic" and loaded.concept_ == "sentiment" and loaded.site_ == "pre_attn"
+    accuracy = xr.open_dataset(tmp_path / "acc.nc", engine="h5netcdf")
+    # pre_attn of layer 0 at the last token reads only that token ('.' in every example): left out.
+    assert accuracy.layer.values.tolist() == loaded.layers_.tolist() == [1, 2]
+    assert ((accuracy.train_accuracy >= 0) & (accuracy.train_accuracy <= 1)).all()
 
     assert (
         main(

@@ -122,7 +122,7 @@ def _past_length(arguments: dict[str, Any]) -> int:
     cache_position = arguments.get("cache_position")
     if isinstance(cache_position, torch.Tensor) and cache_position.numel():
         return int(cache_position.reshape(-1)[0])
-    for name in ("past_key_values", "cache_params"):
+    for name in ("cache", "past_key_values", "cache_params"):  # transformers 5.2x names it cache
         if arguments.get(name) is not None:
             return _cache_length(arguments[name])
     return 0

@@ -162,7 +162,10 @@ def _apply(x: torch.Tensor, edit: _Edit, mask: torch.Tensor | None, preserve_nor
         y = y * (work.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(tiny))
     y = y.to(x.dtype)
     if mask is not None:
-        y = torch.where(mask.to(x.device)[..., None], y, x)
+        mask = mask.to(x.device)
+        if x.dim() == 2:  # OPT's MLP runs on (batch * length, hidden)
+            mask = mask.reshape(-1)
+        y = torch.where(mask[..., None], y, x)
     return y
 
 

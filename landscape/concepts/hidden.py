@@ -75,9 +75,10 @@ def hidden_states(
     layers
         ``"all"`` (every decoder block), a layer index, ``"final"`` or a list of them
         (negative indices count back from the last block). Layer ``i`` is block ``i``
-        (0-based); with ``site="residual"`` it is the block's output, which is
-        ``output_hidden_states[i + 1]`` of transformers for every block but the last (there
-        transformers gives the output after the final norm). ``"final"``, numbered
+        (0-based, as llama.cpp and repeng number them); with ``site="residual"`` it is the
+        block's output, which is transformers' ``output_hidden_states[i + 1]`` for every
+        block but the last (there transformers gives the output after the final norm; Mamba
+        leaves out the embeddings, so its index is ``i``). ``"final"``, numbered
         ``len(blocks)``, is that final norm's output, ``output_hidden_states[-1]``.
     site
         ``"pre_attn"`` (default, as in von Rütte et al.'s released code): what the block's
@@ -182,11 +183,6 @@ def hidden_states(
         "n_read": ("sample", np.array([e.stop - e.start for e in encoded], dtype=np.int64)),
         "group": ("sample", np.array(ex.groups, dtype=object).astype(str)),
     }
-    if site == "residual":
-        # Where each layer sits in transformers' output_hidden_states (-1: not there, the last
-        # block's output before the final norm).
-        index = [len(blocks) if i == len(blocks) else (i + 1 if i < len(blocks) - 1 else -1) for i in chosen]
-        coords["hidden_states_index"] = ("layer", np.array(index, dtype=np.int64))
     if read == "tokens":
         coords["token"] = np.arange(int(n_tokens))  # type: ignore[arg-type]
     if ex.labels is not None:
@@ -249,6 +245,8 @@ def _extract(
     def make_read(j: int):
         def read_tensor(x: torch.Tensor) -> None:
             start, stop = spans["start"].to(x.device), spans["stop"].to(x.device)
+            if x.dim() == 2:  # OPT's MLP runs on (batch * length, hidden)
+                x = x.reshape(start.shape[0], -1, x.shape[-1])
             store[j] = _read(x.float(), start, stop, read, n_tokens)
             if j == deepest:
                 raise _Stop

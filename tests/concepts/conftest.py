@@ -135,3 +135,9 @@ EXAMPLES = [
     ("The film?", "Great fun", 1),
     ("The film?", "Dull", 0),
 ]
+
+
+def hook_counts(lm) -> list[tuple[int, int]]:
+    """Forward hooks and pre-hooks per module. transformers 5 installs its own hooks on the
+    first output_hidden_states call and keeps them, so tests compare counts, not emptiness."""
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in lm.modules()]

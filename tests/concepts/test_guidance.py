@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, make_model, make_tokenizer
+from conftest import EXAMPLES, hook_counts, make_model, make_tokenizer
 
 from landscape.concepts import find_layers, fit_probe, generate, guide, hidden_states
 from landscape.concepts.sites import register_read, site_point
@@ -80,6 +80,7 @@ def test_alpha_zero_is_bit_identical(lm_pair, probes, preserve_norm, positions):
 
 def test_leaving_the_context_restores_the_model_bit_for_bit(lm_pair, probes):
     lm, tok = lm_pair
+    hooks_before = hook_counts(lm)
     ids = _ids(tok)
     before = _logits(lm, ids)
     blocks = find_layers(lm)
@@ -91,7 +92,7 @@ def test_leaving_the_context_restores_the_model_bit_for_bit(lm_pair, probes):
     with pytest.raises(RuntimeError, match="inside"), guide(lm, probes[_pair_name(lm), "residual"], alpha=3.0):
         raise RuntimeError("inside")
     assert torch.equal(before, _logits(lm, ids))
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.modules())
+    assert hook_counts(lm) == hooks_before
     assert len(blocks) == 3
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, make_model
+from conftest import EXAMPLES, hook_counts, make_model
 
 from landscape.concepts import ControlVector, Steering, find_layers, fit_probe, generate, guide, hidden_states
 from landscape.concepts.sites import register_read, site_point
@@ -140,13 +140,14 @@ def test_alpha_zero_and_exit_are_bit_identical_with_several_steerings(lm_pair, r
     probe = residual_probes[_name(lm)]
     ids = _ids(tok)
     plain = _logits(lm, ids)
+    hooks_before = hook_counts(lm)
     zero = [Steering(probe, alpha=0.0, layers=[0]), Steering(-probe, alpha=0.0, layers=[1, 2])]
     with guide(lm, zero, positions=slice(2, None)):
         assert torch.equal(_logits(lm, ids), plain)
     with guide(lm, [Steering(probe, alpha=1.0), Steering(probe, operation="ablate", layers=[2])]):
         assert not torch.allclose(_logits(lm, ids), plain)
     assert torch.equal(_logits(lm, ids), plain)
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.modules())
+    assert hook_counts(lm) == hooks_before
 
 
 def _text_steered(lm, ids, mask, layer, delta, steer_text):

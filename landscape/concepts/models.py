@@ -221,6 +221,13 @@ def _load_cached_gguf(
     if not (marker.exists() and json.loads(marker.read_text()) == stamp):
         model, tokenizer = load_lm(path if not is_default else None, device=None)
         folder.mkdir(parents=True, exist_ok=True)
+        # transformers 5 marks a model loaded from GGUF as "quantized with gguf" and refuses to
+        # save it, although its weights are already dequantised to plain tensors: the folder
+        # is written as the plain model it is.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         marker.write_text(json.dumps(stamp))

@@ -71,6 +71,8 @@ def test_perplexity_under_new_position_guidance_steers_the_completion(llama):
     steer = (torch.arange(length) >= start - 1).float()
 
     def hook(module, args, out):
+        if isinstance(out, tuple):  # transformers 4.x blocks return tuples
+            return (out[0] + delta * steer[None, :, None], *out[1:])
         return out + delta * steer[None, :, None]
 
     handle = find_layers(lm)[1].register_forward_hook(hook)

@@ -243,7 +243,8 @@ def run_guide(args: argparse.Namespace) -> int:
     with guide(lm, probe, alpha=args.alpha, **_guide_kwargs(args)) as state:
         guided = generate(lm, tokenizer, args.prompts, max_new_tokens=args.max_new_tokens, batch_size=batch)
     unit = " x mean norm" if state.relative else ""
-    print(f"guidance: alpha {args.alpha:g}{unit} at layers {state.layers} ({state.site}, positions {state.positions})")
+    strength = "" if state.operation == "ablate" else f", alpha {state.alpha:g}{unit}"
+    print(f"guidance: {state.operation}{strength} at layers {state.layers} ({state.site}, positions {state.positions})")
     for i, prompt in enumerate(args.prompts):
         print(f"\n> {prompt}")
         if plain is not None:

@@ -71,7 +71,18 @@ def test_cli_fit_guide_curve(model_dir, tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "unguided:" in out and "guided:" in out and "layers [" in out
+    assert "unguided:" in out and "guided:" in out and "add, alpha 0.5 x mean norm at layers [" in out
+    ablate = ["concepts", "guide", "--model", model_dir, "--probe", str(probe), "--operation", "ablate"]
+    assert main([*ablate, "--positions", "new", "--max-new-tokens", "2", "--no-compare", "Hi"]) == 0
+    assert "guidance: ablate at layers [" in capsys.readouterr().out
+
+    residual = tmp_path / "residual.safetensors"
+    fit = ["concepts", "fit", "--model", model_dir, "--n", "16", "--site", "residual", "--out", str(residual)]
+    assert main([*fit, "--quiet"]) == 0
+    capsys.readouterr()
+    gguf_file = tmp_path / "cv.gguf"
+    assert main(["concepts", "export", "--probe", str(residual), "--layers", "1,2", "--out", str(gguf_file)]) == 0
+    assert "layers [1, 2], width 32, model hint 'llama'" in capsys.readouterr().out
 
     curve = tmp_path / "curve.nc"
     assert (

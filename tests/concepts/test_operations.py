@@ -298,3 +298,22 @@ def test_steering_vectors_follow_each_layers_dtype(residual_probes):
         cast_in.remove(), capture.remove(), cast_out.remove()
     assert torch.float64 in seen and rotary is not None
     torch.testing.assert_close(guided, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_nested_guides_equal_one_guide_with_both_steerings(lm_pair, residual_probes):
+    lm, tok = lm_pair
+    probe = residual_probes[_name(lm)]
+    ids = _ids(tok)
+    with guide(lm, probe, alpha=0.5, layers=[0], preserve_norm=False):
+        with guide(lm, -probe, alpha=0.3, layers=[2], preserve_norm=False, positions="new"):
+            nested = _logits(lm, ids)
+        outer_only = _logits(lm, ids)
+    with guide(lm, [Steering(probe, alpha=0.5, layers=[0])], preserve_norm=False):
+        assert torch.equal(_logits(lm, ids), outer_only)  # leaving the inner context restored the outer one
+    with guide(
+        lm, [Steering(probe, alpha=0.5, layers=[0]), Steering(-probe, alpha=0.3, layers=[2])], preserve_norm=False
+    ):
+        together = _logits(lm, ids)
+    # The inner guide steers only the last position ("new"); the list form steers all of them.
+    torch.testing.assert_close(nested[:, -1], together[:, -1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(nested[:, 0], together[:, 0]) or nested.shape[1] == 1

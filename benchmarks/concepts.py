@@ -37,6 +37,15 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:  # pragma: no cover - imported but not installed as a distribution
+        return "?"
+
+
 def _peer(name: str):
     """Import a peer package; return (module, None) or (None, reason)."""
     try:
@@ -98,8 +107,8 @@ def main() -> None:
     n_tokens = sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
     report: dict = {"threads": args.threads, "layers": layers, "tokens": n_tokens, "peers": {}, "rows": []}
     peers = {name: _peer(name) for name in ("steering-vectors", "repeng")}
-    for name, (module, reason) in peers.items():
-        report["peers"][name] = reason or f"version {getattr(module, '__version__', '?')}"
+    for name, (_module, reason) in peers.items():
+        report["peers"][name] = reason or f"version {_version(name)}"
         if reason:
             print(f"{name}: left out ({reason})", flush=True)
 

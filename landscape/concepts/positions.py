@@ -168,10 +168,8 @@ def steer_mask(rule: PositionRule, arguments: dict[str, Any]) -> torch.Tensor | 
                 fix="Pass a 1-D mask to steer the same positions of every sequence.",
             )
         rows = mask if mask.dim() == 2 else mask[None, :].expand(batch, -1)
-        inside = text < rows.shape[1]
-        steer = torch.zeros(batch, length, dtype=torch.bool, device=device)
-        gathered = rows.gather(1, text.clamp(0, rows.shape[1] - 1))
-        steer = inside & gathered
+        # Positions past the mask's end are not steered.
+        steer = (text < rows.shape[1]) & rows.gather(1, text.clamp(0, rows.shape[1] - 1))
     return steer if current is None else steer & current
 
 

@@ -96,7 +96,7 @@ def _refuse_remote_code(path: Path, err: Exception) -> None:
 def load_lm(
     source: str | os.PathLike | tuple[nn.Module, Any] | None = None,
     *,
-    device: str | None = "cpu",
+    device: str | None = "auto",
     dtype: Any = None,
     device_map: str | dict[str, Any] | None = None,
     seed: int = 0,
@@ -115,8 +115,10 @@ def load_lm(
         character-level tokenizer (seeded by ``seed``), for tests and quick tours. A
         ``(model, tokenizer)`` pair is returned as it is (in eval mode), wherever it is placed.
     device
-        Where to put the whole model (``"cpu"``, ``"cuda"``, ``"auto"``); ``None`` leaves it.
-        Ignored when ``device_map`` is given.
+        Where to put the whole model: ``"auto"`` (CUDA when there is one, else the CPU),
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` leaves it. Ignored when ``device_map`` is
+        given. Every other function of this package leaves the model where it is and sends its
+        inputs to it.
     dtype
         A torch dtype (or its name) for the weights; default float32.
     device_map

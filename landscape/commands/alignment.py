@@ -137,8 +137,8 @@ def run_fuse(args: argparse.Namespace) -> int:
 
     import landscape as ls
     from landscape.alignment import fuse
+    from landscape.core import model_output_logits, run_points
     from landscape.core.errors import LandscapeError, bad_argument
-    from landscape.core.metrics import model_output_logits
     from landscape.core.state import lerp
     from landscape.models import from_spec, spec_of
 
@@ -179,26 +179,25 @@ def run_fuse(args: argparse.Namespace) -> int:
         fused, path, model=out_model, metadata={"model_spec": spec_of(out_model), "fused_from": args.checkpoints}
     )
     if args.evaluate:
-        x, y = data.test
-
-        def accuracy(m: torch.nn.Module, state) -> float:
-            with torch.no_grad():
-                logits = model_output_logits(torch.func.functional_call(m, dict(state), (x,)))
-            return float((logits.argmax(-1) == y).float().mean())
-
-        rows = [(f"parent {i}", accuracy(model, s)) for i, s in enumerate(states)]
-        average = states[0]
-        for i, s in enumerate(states[1:], start=2):
-            average = lerp(average, s, 1.0 / i)
+        test = data.test
+        named = {f"parent {i}": s for i, s in enumerate(states)}
         if target_model is None:
-            rows.append(("vanilla average", accuracy(model, average)))
-        rows.append((f"fused ({args.method}{', repair' if args.repair else ''})", accuracy(out_model, fused)))
-        with torch.no_grad():
-            probs = sum(
-                torch.softmax(model_output_logits(torch.func.functional_call(model, dict(s), (x,))), -1) for s in states
-            )
+            average = states[0]
+            for i, s in enumerate(states[1:], start=2):
+                average = lerp(average, s, 1.0 / i)
+            named["vanilla average"] = average
+        accuracy = ls.evaluate(model, named, test, metrics="accuracy", progress=False).accuracy
+        rows = [(str(name), float(acc)) for name, acc in zip(accuracy.point.values, accuracy.values)]
+        fused_accuracy = ls.evaluate(out_model, [fused], test, metrics="accuracy", progress=False).accuracy
+        rows.append((f"fused ({args.method}{', repair' if args.repair else ''})", float(fused_accuracy[0])))
+        # The ensemble averages the parents' probabilities example by example.
+        x, y = test
+        probs = torch.zeros(len(y), int(model_output_logits(model(x[:1])).shape[-1]))
+        for out in run_points(model, states, x):
+            probs[out.rows] += torch.softmax(out.logits[0].float(), -1).cpu()
         rows.append(("ensemble", float((probs.argmax(-1) == y).float().mean())))
+        print(f"{'':32s} test accuracy (%)")
         for name, acc in rows:
-            print(f"{name:32s} test accuracy {acc:.4f}")
+            print(f"{name:32s} {100 * acc:17.2f}")
     print(f"wrote {path}")
     return 0

@@ -29,6 +29,7 @@ TINY_PYTHON = [
     ("cg.load_lm()", 'cg.load_lm("tiny")'),
     ("cg.sentiment(256)", "cg.sentiment(32)"),
     ("top_k=8", "top_k=1"),
+    ("layers=[20, 21, 22, 23]", "layers=[1]"),
 ]
 LM_MARKS = ("landscape.concepts", "import transformers")  # blocks that need transformers (lm/dev extras)
 
@@ -92,7 +93,9 @@ def _run_shell_lines(lines: list[str], folder: Path, monkeypatch: pytest.MonkeyP
 
 def test_readme_shell_lines_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every `landscape ...` line, in order, in one folder (later lines use earlier files)."""
-    lines = [line for line in _shell_lines() if not line.startswith("landscape concepts")]
+    lines = [
+        line for line in _shell_lines() if line.startswith("landscape ") and not line.startswith("landscape concepts")
+    ]
     assert len(lines) >= 10
     _run_shell_lines(lines, tmp_path, monkeypatch)
     for written in ("a.safetensors", "c.safetensors", "lmc.png", "plane.png", "instability.png", "fused.safetensors"):

@@ -105,7 +105,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--absolute", action="store_true", help="alpha is absolute, not x mean activation norm")
     export.add_argument("--model-hint", default=None, help="controlvector.model_hint (default: the probe's model type)")
     export.add_argument("--out", required=True, help="output .gguf file (llama-cli --control-vector FILE)")
-    export.set_defaults(handler=run_export)
+    export.set_defaults(handler=run_export, tiny={**TINY, "layers": 1})
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from landscape.curvature._setup import (
     point_problem,
     prepare,
     resolve_blocks,
+    resolve_keys,
 )
 from landscape.curvature._spectrum import (
     LANCZOS_BUDGET_BYTES,
@@ -243,7 +244,7 @@ def hessian_operator(
     problem = point_problem(setup, state)
     keys = None
     if parameters is not None:
-        keys = resolve_blocks(setup, {"parameters": list(parameters)})["parameters"]
+        keys = resolve_keys(setup, parameters, "parameters")
     return CurvatureOperator(products_for(problem, keys))
 
 
@@ -342,8 +343,8 @@ def _eigen_dataset(
     seed: int,
     products: int,
 ) -> xr.Dataset:
-    dims, eig = _with_layer(values, blocks, ("rank",))
-    coords: dict[str, object] = {"rank": np.arange(1, k + 1)}
+    dims, eig = _with_layer(values, blocks, ("k",))
+    coords: dict[str, object] = {"k": np.arange(1, k + 1)}
     variables: dict[str, object] = {"eigenvalues": (dims, eig)}
     if blocks is not None:
         coords["layer"] = list(blocks)
@@ -438,8 +439,8 @@ def hessian_eigenvalues(
     Returns
     -------
     xarray.Dataset
-        ``eigenvalues`` over ``rank`` (1 = the first in ``which`` order), and over
-        (``layer``, ``rank``) with ``blocks``, then also ``parameters`` (numbers per block)
+        ``eigenvalues`` over ``k`` (1 = the first in ``which`` order), and over
+        (``layer``, ``k``) with ``blocks``, then also ``parameters`` (numbers per block)
         over ``layer``; a block with fewer than ``k`` numbers is padded with NaN. ``attrs``:
         provenance, options, the number of products.
 
@@ -451,7 +452,7 @@ def hessian_eigenvalues(
     >>> data = (torch.randn(64, 40), torch.randint(0, 10, (64,)))
     >>> ds = hessian_eigenvalues(model, None, data, k=3, device="cpu", progress=False)
     >>> ds.eigenvalues.dims, ds.eigenvalues.shape
-    (('rank',), (3,))
+    (('k',), (3,))
     """
     function = "hessian_eigenvalues"
     _check_eigen_options(function, k, which, tol, maxiter)
@@ -513,7 +514,7 @@ def hessian_eigenpairs(
     Returns
     -------
     (xarray.Dataset, list of State)
-        ``eigenvalues`` over ``rank``, and the ``k`` eigenvectors in the same order (on the
+        ``eigenvalues`` over ``k``, and the eigenvectors in the same order (on the
         CPU, in the state's dtypes).
 
     Examples

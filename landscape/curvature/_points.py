@@ -83,7 +83,7 @@ def _point_statistics(
         count += used
         eig = stacked(values)
         if "eigenvalues" in statistics:
-            variables["eigenvalues"] = ((*layer, "rank"), eig)
+            variables["eigenvalues"] = ((*layer, "k"), eig)
         if "top_eigenvalue" in statistics:
             variables["top_eigenvalue"] = (layer, eig[..., 0])
     if "trace" in statistics:
@@ -96,7 +96,7 @@ def _point_statistics(
     variables["products"] = ((), count)
     coords: dict[str, object] = {}
     if "eigenvalues" in statistics:
-        coords["rank"] = np.arange(1, k + 1)
+        coords["k"] = np.arange(1, k + 1)
     if blocks is not None:
         coords["layer"] = names
     return xr.Dataset(variables, coords=coords)
@@ -193,7 +193,7 @@ def curvature(
     -------
     xarray.Dataset
         The point set's dims (``alpha``; ``alpha`` and ``beta``; or ``point``), then
-        ``layer`` with ``blocks`` and ``rank`` for ``eigenvalues``: ``top_eigenvalue``,
+        ``layer`` with ``blocks`` and ``k`` for ``eigenvalues``: ``top_eigenvalue``,
         ``eigenvalues``, ``trace`` and ``trace_se``, ``loss`` (as requested), and
         ``products`` (matrix-vector products per point). ``attrs``: provenance and options.
 

@@ -32,6 +32,7 @@ __all__ = [
     "check_positive_int",
     "prepare",
     "resolve_blocks",
+    "resolve_keys",
 ]
 
 MATRICES = ("hessian", "ggn")
@@ -120,7 +121,9 @@ def prepare(
         raise bad_argument(function, "matrix", expected=f"one of {MATRICES}", found=repr(matrix))
     if bn not in BN_POLICIES:
         raise bad_argument(function, "bn", expected="'keep' or 'reset'", found=repr(bn))
-    check_positive_int(function, batch_size=batch_size or DEFAULT_BATCH_SIZE, bn_batch_size=bn_batch_size)
+    if batch_size is not None:
+        check_positive_int(function, batch_size=batch_size)
+    check_positive_int(function, bn_batch_size=bn_batch_size)
     if loss is not None and not callable(loss):
         raise bad_argument(
             function,
@@ -253,28 +256,31 @@ def resolve_blocks(setup: Setup, blocks: str | Mapping[str, Sequence[str]] | Non
         raise bad_argument(
             function, "blocks", expected="None, 'layer' or a non-empty dict {name: [parameter keys]}", found=blocks
         )
+    return {str(name): resolve_keys(setup, keys, f"blocks[{name!r}]") for name, keys in blocks.items()}
+
+
+def resolve_keys(setup: Setup, keys: object, argument: str) -> list[str]:
+    """Parameter keys as the canonical keys of trainable parameters (tied aliases allowed),
+    without repeats."""
+    function = setup.function
+    if isinstance(keys, str) or not isinstance(keys, Sequence) or not keys:
+        raise bad_argument(function, argument, expected="a non-empty list of parameter keys", found=describe(keys))
     aliases = {alias: names[0] for names in setup.groups for alias in names}
-    out = {}
-    for name, keys in blocks.items():
-        if isinstance(keys, str) or not isinstance(keys, Sequence) or not keys:
+    resolved: list[str] = []
+    for key in keys:
+        key = aliases.get(key, key)
+        if key not in setup.trainable:
+            more = "..." if len(setup.trainable) > 6 else ""
             raise bad_argument(
-                function, f"blocks[{name!r}]", expected="a non-empty list of parameter keys", found=describe(keys)
+                function,
+                argument,
+                expected="keys of trainable floating-point parameters",
+                found=repr(key),
+                fix=f"Choose among {setup.trainable[:6]}{more}.",
             )
-        resolved = []
-        for key in keys:
-            key = aliases.get(key, key)
-            if key not in setup.trainable:
-                raise bad_argument(
-                    function,
-                    f"blocks[{name!r}]",
-                    expected="keys of trainable floating-point parameters",
-                    found=repr(key),
-                    fix=f"Choose among {setup.trainable[:6]}{'...' if len(setup.trainable) > 6 else ''}.",
-                )
-            if key not in resolved:
-                resolved.append(key)
-        out[str(name)] = resolved
-    return out
+        if key not in resolved:
+            resolved.append(key)
+    return resolved
 
 
 def as_direction(problem: Problem, vector: Tensor, like: Mapping[str, Tensor]) -> State:

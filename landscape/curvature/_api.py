@@ -197,8 +197,10 @@ def hessian_operator(
         grad; buffers such as BatchNorm's running statistics are never differentiated, and a
         tensor shared by several keys is differentiated once, under its first key).
     loss
-        ``loss(logits, targets)`` returning per-example values (or a batch mean); default the
-        engine's cross-entropy (mean over positions for sequence outputs).
+        A metric of the engine's kind, ``loss(logits, targets)`` returning per-example values,
+        a batch mean or ``(values, weights)`` (e.g. ``landscape.core.metrics.lm_loss``, the
+        next-token loss of causal language models, weighted by tokens); default the engine's
+        cross-entropy (mean over positions for sequence outputs).
     batch_size
         Examples per pass (default 1024). When the split fits in one batch, every product
         reuses the gradient's graph (one double-backward pass per product).

@@ -1,9 +1,10 @@
 """Products of the loss Hessian (or the generalised Gauss-Newton matrix) with stacks of
 vectors: the model side of every curvature computation, written with ``torch.func``.
 
-The loss is the mean over the examples of one split, so the matrix is the sum over data
-batches of each batch's summed loss divided by the number of examples: every batch counts
-for what it holds, and the result does not depend on the batch size. Vectors are flat, in the
+The loss is the mean over the examples of one split (over the tokens, for a loss that weighs
+its values, such as ``lm_loss``), so the matrix is the sum over data batches of each batch's
+summed loss divided by the total weight: every batch counts for what it holds, and the result
+does not depend on the batch size. Vectors are flat, in the
 order of :attr:`Products.keys`, in the model's dtype.
 
 Per data batch, ``torch.func.vjp`` of the gradient gives a function that multiplies by the
@@ -36,13 +37,18 @@ DEFAULT_VECTORS_PER_CALL = 8
 BatchProduct = Callable[[Tensor], Tensor]
 
 
-def summed_loss(loss: Metric, logits: Tensor, targets: Tensor) -> Tensor:
-    """The loss summed over the batch (a 0-d value counts as the batch mean)."""
+def summed_loss(loss: Metric, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor | int]:
+    """The loss summed over the batch and the batch's weight, under the engine's metric
+    contract: per-example values weigh one each, a 0-d value is the batch mean, a pair
+    ``(values, weights)`` gives its own weights (token counts for ``lm_loss``)."""
     value = loss(logits, targets)
     n = targets.shape[0]
+    if isinstance(value, tuple):
+        values, weights = value
+        return values.sum(), weights.sum()
     if value.dim() == 0:
-        return value * n
-    return value.reshape(n, -1).mean(dim=1).sum()
+        return value * n, n
+    return value.reshape(n, -1).mean(dim=1).sum(), n
 
 
 class Products:
@@ -61,7 +67,7 @@ class Products:
     matrix
         ``"hessian"`` or ``"ggn"``.
     loss
-        ``loss(logits, targets)`` per example (or a batch mean).
+        ``loss(logits, targets)``: per-example values, a batch mean or ``(values, weights)``.
     batch_size
         Examples per pass. When ``x`` fits in one batch, the per-batch product functions are
         built once and reused.
@@ -94,6 +100,20 @@ class Products:
         self.vectors_per_call = vectors_per_call
         self.count = 0  # matrix-vector products so far
         self._cached: list[BatchProduct] | None = None
+        self.total_weight = self._total_weight()
+
+    def _total_weight(self) -> float:
+        """What the summed loss is divided by: the number of examples, or for a loss that
+        gives its own weights, their sum over the split (one forward pass)."""
+        with torch.no_grad():
+            s = self.slices[0]
+            _, weight = summed_loss(self.loss, self._logits(self.theta, self.x[s]), self.y[s])
+            if isinstance(weight, int):
+                return float(self.n)
+            total = weight.double()
+            for s in self.slices[1:]:
+                total = total + summed_loss(self.loss, self._logits(self.theta, self.x[s]), self.y[s])[1]
+        return float(total)
 
     @property
     def dim(self) -> int:
@@ -114,10 +134,10 @@ class Products:
     def _batch_product(self, s: slice) -> BatchProduct:
         """A function ``v -> M_batch v`` for one batch, M the batch's share of the matrix."""
         xb, yb = self.x[s], self.y[s]
-        n = self.n
+        total = self.total_weight
 
         def batch_loss_of_logits(z: Tensor) -> Tensor:
-            return summed_loss(self.loss, z, yb) / n
+            return summed_loss(self.loss, z, yb)[0] / total
 
         if self.matrix == "hessian":
             _, hessian_product = vjp(grad(lambda th: batch_loss_of_logits(self._logits(th, xb))), self.theta)
@@ -171,8 +191,8 @@ class Products:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for s in self.slices:
-                total += summed_loss(self.loss, self._logits(self.theta, self.x[s]), self.y[s]).double()
-        return float(total) / self.n
+                total += summed_loss(self.loss, self._logits(self.theta, self.x[s]), self.y[s])[0].double()
+        return float(total) / self.total_weight
 
     def to_flat(self, tensors: dict[str, Tensor]) -> Tensor:
         """The entries of ``tensors`` for :attr:`keys`, as one flat vector."""

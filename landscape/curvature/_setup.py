@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from landscape.core.batchnorm import bn_buffer_keys, fresh_bn_buffers, recompute_mode
-from landscape.core.data import Splits, as_splits, batch_slices
+from landscape.core import recompute_bn
+from landscape.core.batchnorm import bn_buffer_keys
+from landscape.core.data import Splits, as_splits
 from landscape.core.errors import bad_argument, describe
 from landscape.core.io import checkpoint_record
 from landscape.core.metrics import Metric
@@ -128,7 +128,7 @@ def prepare(
         raise bad_argument(
             function,
             "loss",
-            expected="None (cross-entropy) or a callable loss(logits, targets) -> per-example values",
+            expected="None (cross-entropy) or a callable loss(logits, targets) like the engine's metrics",
             found=loss,
         )
     splits, single = as_splits(data, function=function, argument="data")
@@ -201,19 +201,11 @@ def _bn_inputs(bn_data: object, splits: Splits, function: str, device: torch.dev
 def recompute_bn_statistics(
     model: nn.Module, values: dict[str, Tensor], inputs: Tensor, batch_size: int
 ) -> dict[str, Tensor]:
-    """The running statistics of every BatchNorm layer at the point ``values``, recomputed from
-    ``inputs`` as the example-weighted average of the batch statistics over batches of
-    ``batch_size`` (what ``evaluate(bn="reset")`` does; to be replaced by the engine's
-    ``landscape.core.recompute_bn`` once it exists)."""
-    keys = bn_buffer_keys(model)
-    buffers = fresh_bn_buffers(values, keys)
-    current = {**values, **buffers}
-    # functional_call swaps these tensors into the model, so BatchNorm updates them in place.
-    with torch.no_grad(), recompute_mode(model) as before_batch:
-        for s in batch_slices(inputs.shape[0], batch_size):
-            before_batch(s.stop - s.start)
-            functional_call(model, current, (inputs[s],))
-    return buffers
+    """The point ``values`` with the running statistics of every BatchNorm layer recomputed
+    from ``inputs`` by the engine (:func:`landscape.core.recompute_bn`: the example-weighted
+    average of the batch statistics over batches of ``batch_size``), on ``inputs``' device."""
+    fresh = recompute_bn(model, values, inputs, batch_size=batch_size, device=inputs.device)
+    return {k: fresh[k].to(inputs.device) for k in bn_buffer_keys(model)}
 
 
 def point_problem(setup: Setup, state: object, *, keys: Sequence[str] | None = None) -> Problem:

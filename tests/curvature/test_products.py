@@ -163,3 +163,22 @@ def test_data_with_named_splits_uses_the_chosen_split(device: str) -> None:
     op = hessian_operator(model, None, data, split="test", device=device)
     v = _random_vectors(op.shape[0], 1)
     _close(op @ v, exact_hessian(model, None, x[12:], y[12:]) @ v)
+
+
+def test_a_token_weighted_loss_is_the_mean_over_tokens(device: str) -> None:
+    """lm_loss returns (sums, token counts): the Hessian is that of sum / total tokens,
+    whatever the batching."""
+    from landscape.core.metrics import lm_loss
+
+    model, x, y = _double_zoo("gpt", n=9)
+    y = x.clone()
+    v = _random_vectors(sum(p.numel() for p in model.parameters()), 2)
+
+    def token_mean(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        predicted, following = logits[:, :-1].reshape(-1, logits.shape[-1]), targets[:, 1:].reshape(-1)
+        return nn.functional.cross_entropy(predicted, following)
+
+    exact = exact_hessian(model, None, x, y, loss=token_mean)
+    for batch_size in (9, 4):
+        op = hessian_operator(model, None, (x, y), loss=lm_loss, batch_size=batch_size, device=device)
+        _close(op @ v, exact @ v)

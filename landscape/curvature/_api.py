@@ -14,6 +14,7 @@ from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument, describe
 from landscape.core.io import provenance_attrs
 from landscape.core.metrics import Metric
+from landscape.core.metrics import loss as cross_entropy
 from landscape.core.progress import progress_bar
 from landscape.core.state import State
 from landscape.curvature._operators import CurvatureOperator
@@ -111,12 +112,17 @@ def products_for(problem: Problem, keys: Sequence[str] | None = None) -> Product
     )
 
 
-def _state_dtype_source(model: object, state: object) -> Mapping[str, Tensor] | None:
+def _state_dtype_source(state: object) -> Mapping[str, Tensor] | None:
     if isinstance(state, Mapping) and state and all(isinstance(v, Tensor) for v in state.values()):
         return state
     if isinstance(state, nn.Module):
         return state.state_dict()
     return None
+
+
+def loss_name(setup: Setup) -> str:
+    name = getattr(setup.loss, "__name__", type(setup.loss).__name__)
+    return "cross_entropy" if setup.loss is cross_entropy else name
 
 
 def _check_which(function: str, which: str) -> None:
@@ -136,7 +142,7 @@ def _common_attrs(setup: Setup, states: Sequence[State], **fields: object) -> di
         data=setup.data_attrs(),
         split=setup.split,
         matrix=setup.matrix,
-        loss="cross_entropy" if setup.loss.__name__ == "loss" else getattr(setup.loss, "__name__", "custom"),
+        loss=loss_name(setup),
         bn=setup.bn,
         bn_examples=int(setup.bn_inputs.shape[0]) if setup.bn_inputs is not None else None,
         bn_batch_size=setup.bn_batch_size if setup.bn_inputs is not None else None,
@@ -202,8 +208,10 @@ def hessian_operator(
         next-token loss of causal language models, weighted by tokens); default the engine's
         cross-entropy (mean over positions for sequence outputs).
     batch_size
-        Examples per pass (default 1024). When the split fits in one batch, every product
-        reuses the gradient's graph (one double-backward pass per product).
+        Examples per pass (default 1024). When the graphs of all batches fit in memory (4 GiB
+        on the CPU, a quarter of the free memory on CUDA, estimated from the activations),
+        they are built once and every product is one double-backward pass; otherwise each
+        product rebuilds them batch by batch.
     bn, bn_data, bn_batch_size
         BatchNorm as in :func:`landscape.evaluate`: the model runs in eval mode with the
         point's running statistics (``"keep"``) or with statistics recomputed at the point
@@ -232,7 +240,7 @@ def hessian_operator(
     setup = setup_for(
         function,
         model,
-        _state_dtype_source(model, state),
+        _state_dtype_source(state),
         data,
         matrix=matrix,
         split=split,
@@ -329,7 +337,7 @@ def density_blocks(
 
 # -- public functions -------------------------------------------------------------------------
 def _setup_and_problem(function: str, model: nn.Module, state: object, data: object, **options: object):
-    setup = setup_for(function, model, _state_dtype_source(model, state), data, **options)
+    setup = setup_for(function, model, _state_dtype_source(state), data, **options)
     return setup, point_problem(setup, state)
 
 

@@ -33,6 +33,11 @@ __all__ = ["Products", "summed_loss"]
 
 # Vectors per vmap call: memory grows with it (each vector carries its own activations).
 DEFAULT_VECTORS_PER_CALL = 8
+# The graphs of every data batch are kept (and every product is one double-backward pass) when
+# GRAPH_FACTOR times the forward activations fit in this many bytes on the CPU (a quarter of the
+# free memory on CUDA); otherwise each product rebuilds them batch by batch.
+CPU_CACHE_BYTES = 4 * 2**30
+GRAPH_FACTOR = 6
 
 BatchProduct = Callable[[Tensor], Tensor]
 
@@ -69,8 +74,10 @@ class Products:
     loss
         ``loss(logits, targets)``: per-example values, a batch mean or ``(values, weights)``.
     batch_size
-        Examples per pass. When ``x`` fits in one batch, the per-batch product functions are
-        built once and reused.
+        Examples per pass.
+    cache
+        Keep each batch's product function (its graph) for every later product; None: when
+        the graphs fit in memory (an estimate from the activations of two examples).
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class Products:
         loss: Metric,
         batch_size: int,
         vectors_per_call: int = DEFAULT_VECTORS_PER_CALL,
+        cache: bool | None = None,
     ) -> None:
         self.model = model
         self.keys = list(params)
@@ -101,6 +109,7 @@ class Products:
         self.count = 0  # matrix-vector products so far
         self._cached: list[BatchProduct] | None = None
         self.total_weight = self._total_weight()
+        self.cache = self._fits_in_memory() if cache is None else cache
 
     def _total_weight(self) -> float:
         """What the summed loss is divided by: the number of examples, or for a loss that
@@ -157,12 +166,39 @@ class Products:
         if self._cached is not None:
             yield from self._cached
             return
-        if len(self.slices) == 1:
-            self._cached = [self._batch_product(self.slices[0])]
-            yield from self._cached
+        if self.cache:
+            built = []
+            for s in self.slices:
+                built.append(self._batch_product(s))
+                yield built[-1]
+            self._cached = built  # only once every batch is in (an error leaves no partial cache)
             return
         for s in self.slices:  # rebuilt per product: memory stays at one batch
             yield self._batch_product(s)
+
+    def _fits_in_memory(self) -> bool:
+        """Whether the graphs of every batch fit in the cache budget: the activations of one
+        example (measured on a forward pass of two), times the examples, times a factor for
+        the gradient's graph and the double-backward pass."""
+        sizes: list[int] = []
+
+        def record(_module: nn.Module, _inputs: object, output: object) -> None:
+            if isinstance(output, Tensor):
+                sizes.append(output.numel() * output.element_size())
+
+        hooks = [m.register_forward_hook(record) for m in self.model.modules()]
+        try:
+            with torch.no_grad():
+                self._logits(self.theta, self.x[: min(2, self.n)])
+        finally:
+            for h in hooks:
+                h.remove()
+        per_example = sum(sizes) / min(2, self.n) + self.x[:1].numel() * self.x.element_size()
+        if self.device.type == "cuda":
+            budget = torch.cuda.mem_get_info(self.device)[0] / 4
+        else:
+            budget = CPU_CACHE_BYTES
+        return GRAPH_FACTOR * per_example * self.n + 2 * self.dim * self.theta.element_size() <= budget
 
     def matmat(self, vectors: Tensor) -> Tensor:
         """``M @ v`` for every row ``v`` of ``vectors`` (shape (m, dim), the model's dtype and

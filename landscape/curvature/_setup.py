@@ -5,6 +5,7 @@ the data, cast and moved once."""
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -158,8 +159,11 @@ def prepare(
     x, y = splits[split]
     x = x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
     bn_inputs = None
-    if bn == "reset" and bn_buffer_keys(work):
-        bn_inputs = _bn_inputs(bn_data, splits, function, device, dtype)
+    if bn == "reset":
+        if bn_buffer_keys(work):
+            bn_inputs = _bn_inputs(bn_data, splits, function, device, dtype)
+        else:
+            warnings.warn(f"{function}(bn='reset'): the model has no BatchNorm layer; nothing to reset.", stacklevel=3)
     return Setup(
         function=function,
         model=work,

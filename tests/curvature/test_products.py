@@ -65,10 +65,15 @@ def test_ggn_products_match_j_transpose_h_j_built_by_hand(name: str, device: str
 def test_products_summed_over_data_batches_equal_the_full_batch_product(matrix: str, device: str) -> None:
     model, x, y = _double_zoo("cnn1d", n=23)
     v = _random_vectors(sum(p.numel() for p in model.parameters()), 5)
-    full = hessian_operator(model, None, (x, y), matrix=matrix, batch_size=23, device=device) @ v
+    full_operator = hessian_operator(model, None, (x, y), matrix=matrix, batch_size=23, device=device)
+    assert full_operator._products.cache  # a tiny problem keeps its graphs
+    full = full_operator @ v
     for batch_size in (1, 5, 22):  # 22 leaves a last batch of one example
-        batched = hessian_operator(model, None, (x, y), matrix=matrix, batch_size=batch_size, device=device)
-        _close(batched @ v, full, 1e-12)
+        for cache in (True, False):  # graphs kept for every product, or rebuilt per product
+            batched = hessian_operator(model, None, (x, y), matrix=matrix, batch_size=batch_size, device=device)
+            batched._products.cache = cache
+            _close(batched @ v, full, 1e-12)
+            _close(batched @ v[:, :2], full[:, :2], 1e-12)  # a second product on the same graphs
 
 
 def test_vmap_over_vectors_equals_one_vector_at_a_time(device: str) -> None:
@@ -182,3 +187,15 @@ def test_a_token_weighted_loss_is_the_mean_over_tokens(device: str) -> None:
     for batch_size in (9, 4):
         op = hessian_operator(model, None, (x, y), loss=lm_loss, batch_size=batch_size, device=device)
         _close(op @ v, exact @ v)
+
+
+def test_graphs_that_do_not_fit_are_rebuilt_for_every_product(monkeypatch, device: str) -> None:
+    from landscape.curvature import _products
+
+    monkeypatch.setattr(_products, "CPU_CACHE_BYTES", 0)
+    model, x, y = _double_zoo("mlp")
+    op = hessian_operator(model, None, (x, y), batch_size=5, device=device)
+    if device == "cpu":
+        assert not op._products.cache
+    v = _random_vectors(op.shape[0], 2)
+    _close(op @ v, exact_hessian(model, None, x, y) @ v)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,7 +83,7 @@ class Problem:
     outside the chosen block)."""
 
     setup: Setup
-    state: State  # the point as given (canonical keys), on the CPU
+    state: State  # the point as given (canonical keys)
     params: dict[str, Tensor]
     fixed: dict[str, Tensor]
 
@@ -212,9 +212,9 @@ def recompute_bn_statistics(
     return {k: fresh[k].to(inputs.device) for k in bn_buffer_keys(model)}
 
 
-def point_problem(setup: Setup, state: object, *, keys: Sequence[str] | None = None) -> Problem:
-    """The problem at ``state`` (None: the model's own weights), differentiating ``keys``
-    (default: every trainable parameter)."""
+def point_problem(setup: Setup, state: object) -> Problem:
+    """The problem at ``state`` (None: the model's own weights), differentiating every
+    trainable parameter."""
     given = _default_state(setup.model, state, setup.function)
     canonical = canonical_state(given, setup.groups) if setup.groups else given
     check_compatible(
@@ -226,8 +226,7 @@ def point_problem(setup: Setup, state: object, *, keys: Sequence[str] | None = N
     values = {k: v.to(setup.device) for k, v in canonical.items()}
     if setup.bn_inputs is not None:
         values.update(recompute_bn_statistics(setup.model, values, setup.bn_inputs, setup.bn_batch_size))
-    chosen = list(keys) if keys is not None else setup.trainable
-    params = {k: values[k].detach() for k in chosen}
+    params = {k: values[k].detach() for k in setup.trainable}
     fixed = {k: v for k, v in values.items() if k not in params}
     return Problem(setup=setup, state=canonical, params=params, fixed=fixed)
 
@@ -305,6 +304,3 @@ def float_dtype(state: Mapping[str, Tensor], keys: Sequence[str]) -> torch.dtype
         if k in state and state[k].is_floating_point():
             return state[k].dtype
     return torch.float32
-
-
-Progress = Callable[[int], None]

@@ -39,6 +39,7 @@ _SUBMODULES = (
     "distillation",
     "probes",
     "concepts",
+    "curvature",
     "cli",
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "concepts",
     "connectivity",
     "core",
+    "curvature",
     "datasets",
     "distillation",
     "evaluate",

@@ -15,6 +15,7 @@ from landscape.connectivity.interpolation import interpolate
 from landscape.core.errors import bad_argument
 from landscape.core.io import to_json
 from landscape.core.state import as_state
+from landscape.training import TrainConfig
 from landscape.training import train as train_model
 
 __all__ = ["instability", "instability_sweep"]
@@ -26,7 +27,7 @@ def instability(
     data: object,
     *,
     seeds: Sequence[int] = (0, 1),
-    train: Mapping[str, object] | None = None,
+    train: TrainConfig | Mapping[str, object] | None = None,
     alphas: int | Sequence[float] = 30,
     kind: str = "max_minus_mean",
     threshold: float = 0.02,
@@ -50,8 +51,8 @@ def instability(
     seeds
         Two data-order seeds.
     train
-        Keyword arguments for :func:`landscape.train` (epochs or steps, lr, optimizer, ...);
-        its defaults when None.
+        The children's recipe, a :class:`~landscape.training.TrainConfig` (or a dict of its
+        fields; default ``TrainConfig()``). Its ``data_seed`` must be None: ``seeds`` sets it.
     alphas
         Interpolation points between the children.
     kind
@@ -70,19 +71,18 @@ def instability(
         raise bad_argument("instability", "seeds", expected="two different data-order seeds", found=repr(tuple(seeds)))
     if not 0 < threshold < 1:
         raise bad_argument("instability", "threshold", expected="a fraction in (0, 1)", found=repr(threshold))
-    options = dict(train or {})
-    for reserved in ("start", "data_seed", "init_seed"):
-        if reserved in options:
-            raise bad_argument(
-                "instability",
-                "train",
-                expected=f"training options without {reserved!r}",
-                found=f"{reserved}={options[reserved]!r}",
-                fix="Pass the start state and seeds directly.",
-            )
+    config = TrainConfig.coerce(train, function="instability")
+    if config.data_seed is not None:
+        raise bad_argument(
+            "instability",
+            "train",
+            expected="a recipe without 'data_seed' (the children's data orders are `seeds`)",
+            found=f"data_seed={config.data_seed!r}",
+            fix="Pass the children's data-order seeds as seeds=(s0, s1).",
+        )
     start = as_state(state_at_k, function="instability", argument="state_at_k")
     children = [
-        train_model(model, data, start=start, data_seed=int(s), device=device, progress=progress, **options).state
+        train_model(model, data, config=config, start=start, data_seed=int(s), device=device, progress=progress).state
         for s in seeds
     ]
     curve = interpolate(model, children[0], children[1], data, alphas=alphas, bn=bn, device=device, progress=progress)
@@ -94,7 +94,7 @@ def instability(
         seeds=list(map(int, seeds)),
         threshold=threshold,
         barrier_kind=kind,
-        train=to_json(options),
+        train=to_json(config.as_dict()),
     )
     return curve
 
@@ -105,7 +105,7 @@ def instability_sweep(
     data: object,
     *,
     total_steps: int | None = None,
-    train: Mapping[str, object] | None = None,
+    train: TrainConfig | Mapping[str, object] | None = None,
     **options: object,
 ) -> xr.Dataset:
     """:func:`instability` at several training steps.
@@ -118,7 +118,7 @@ def instability_sweep(
         Frankle et al.'s protocol: the children of the state at step k train for the
         remaining ``total_steps - k`` steps. Without it, every child trains as ``train`` says.
     train
-        Keyword arguments for :func:`landscape.train`.
+        The children's recipe (:class:`~landscape.training.TrainConfig` or a dict of its fields).
     **options
         Passed to :func:`instability` (seeds, alphas, kind, threshold, bn, device, progress).
 
@@ -145,12 +145,10 @@ def instability_sweep(
             expected=f"more than the last step ({steps[-1]})",
             found=repr(total_steps),
         )
+    config = TrainConfig.coerce(train, function="instability_sweep")
     results = []
     for step in steps:
-        child_training = dict(train or {})
-        if total_steps is not None:
-            child_training.pop("epochs", None)
-            child_training["steps"] = total_steps - step
+        child_training = config if total_steps is None else config.replace(steps=total_steps - step)
         results.append(instability(model, checkpoints[step], data, train=child_training, **options))
     combined = xr.concat(results, dim="step", combine_attrs="drop_conflicts").assign_coords(step=np.array(steps))
     combined.attrs["analysis"] = "instability_sweep"

@@ -9,13 +9,13 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from landscape.core.data import as_splits
+from landscape.core.data import as_splits, batch_slices
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.io import checkpoint_record, provenance_attrs
 from landscape.core.spec import spec_of
 from landscape.core.state import State, as_state, check_compatible
-from landscape.probes.probes import PROBES, SCALINGS, probe_features
+from landscape.probes._probe import DEFAULT_SCALINGS, PROBES, check_probe_options, probe_features
 
 __all__ = ["features_at", "layerwise_probe"]
 
@@ -109,8 +109,8 @@ def features_at(
         hooks.append(modules[name].register_forward_hook(hook))
     batches = 0
     try:
-        for start in range(0, x.shape[0], batch_size):
-            work(x[start : start + batch_size].to(dev))
+        for rows in batch_slices(x.shape[0], batch_size):
+            work(x[rows].to(dev))
             batches += 1
     finally:
         for h in hooks:
@@ -134,13 +134,8 @@ def layerwise_probe(
     *,
     layers: Sequence[str] | str | None = None,
     probes: Sequence[str] = PROBES,
-    scalings: Sequence[str] = SCALINGS,
-    k: int = 20,
-    epochs: int = 100,
-    lr: float = 1e-2,
-    weight_decay: float = 1e-2,
-    probe_batch_size: int = 256,
-    seed: int = 0,
+    scalings: Sequence[str] = DEFAULT_SCALINGS,
+    probe_options: Mapping[str, object] | None = None,
     batch_size: int = 1024,
     device: str | torch.device = "auto",
 ) -> xr.Dataset:
@@ -160,17 +155,24 @@ def layerwise_probe(
         :class:`~landscape.core.data.Splits` or a dict with ``train`` and ``test`` splits.
     layers
         Submodule names; default ``"features"``.
-    probes, scalings, k, epochs, lr, weight_decay, probe_batch_size, seed
-        As in :func:`~landscape.probes.probe_features` (``probe_batch_size`` is the linear
-        probe's batch size).
-    batch_size, device
-        Forward passes.
+    probes, scalings
+        As in :func:`~landscape.probes.probe_features` (default: both probes on standardised
+        features).
+    probe_options
+        Keyword options of :func:`~landscape.probes.probe_features` (``k``, ``solver``,
+        ``C``, ``tol``, ``max_iter``, ``epochs``, ``lr``, ``weight_decay``, ``batch_size``,
+        ``seed``).
+    batch_size
+        Examples per forward pass.
+    device
+        Where to run the model and the probes (``"auto"``: CUDA when present); results come
+        back on the CPU.
 
     Returns
     -------
     xarray.Dataset
-        ``accuracy`` over (``net``, ``layer``, ``probe``, ``scaling``); no ``net`` when a single
-        State (or None) is given.
+        ``accuracy`` (fractions) over (``net``, ``layer``, ``probe``, ``scaling``); no ``net``
+        when a single State (or None) is given.
 
     Examples
     --------
@@ -181,29 +183,32 @@ def layerwise_probe(
     >>> result.accuracy.dims
     ('layer', 'probe', 'scaling')
     """
-    splits, single = as_splits(data, function="layerwise_probe")
+    fn = "layerwise_probe"
+    splits, single = as_splits(data, function=fn)
     if single or "train" not in splits or "test" not in splits:
         raise bad_argument(
-            "layerwise_probe",
+            fn,
             "data",
             expected="'train' and 'test' splits (probes are fit on one and scored on the other)",
             found=f"splits {list(splits)}",
         )
-    names = _check_layers(model, layers, "layerwise_probe")
+    names = _check_layers(model, layers, fn)
+    options = check_probe_options(fn, probe_options)
+    dev = resolve_device(device, function=fn)
     nets: dict[str, State | None]
     if state is None:
         nets, named = {"net": None}, False
     elif isinstance(state, Mapping) and state and all(isinstance(v, Mapping) for v in state.values()):
-        nets = {str(k): as_state(v, function="layerwise_probe", argument=f"state[{k!r}]") for k, v in state.items()}
+        nets = {str(k): as_state(v, function=fn, argument=f"state[{k!r}]") for k, v in state.items()}
         named = True
     else:
-        nets, named = {"net": as_state(state, function="layerwise_probe")}, False
+        nets, named = {"net": as_state(state, function=fn)}, False
     x_train, y_train = splits["train"]
     x_test, y_test = splits["test"]
     per_net = []
     for net_state in nets.values():
-        train_feats = features_at(model, net_state, x_train, layers=names, batch_size=batch_size, device=device)
-        test_feats = features_at(model, net_state, x_test, layers=names, batch_size=batch_size, device=device)
+        train_feats = features_at(model, net_state, x_train, layers=names, batch_size=batch_size, device=dev)
+        test_feats = features_at(model, net_state, x_test, layers=names, batch_size=batch_size, device=dev)
         rows = [
             probe_features(
                 train_feats[name],
@@ -212,13 +217,8 @@ def layerwise_probe(
                 y_test,
                 probes=probes,
                 scalings=scalings,
-                k=k,
-                epochs=epochs,
-                lr=lr,
-                weight_decay=weight_decay,
-                batch_size=probe_batch_size,
-                seed=seed,
-                device="cpu" if resolve_device(device).type == "cpu" else device,
+                device=dev,
+                **options,
             ).accuracy
             for name in names
         ]
@@ -230,10 +230,6 @@ def layerwise_probe(
         model=spec_of(model) or type(model).__name__,
         states={k: checkpoint_record(v) for k, v in nets.items() if v is not None},
         data=getattr(splits, "name", "data"),
-        k=k,
-        linear_epochs=epochs,
-        linear_lr=lr,
-        linear_weight_decay=weight_decay,
-        seed=seed,
+        probe_options=options,
     )
     return result

@@ -29,7 +29,16 @@ from landscape.core.progress import progress_bar
 from landscape.core.state import State, as_state, check_compatible, state_of
 from landscape.core.tied import canonical_state, expand_tied, tied_groups
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainResult", "init_state", "lr_at", "train"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "TrainConfig",
+    "TrainResult",
+    "init_state",
+    "lr_at",
+    "optimizer_for",
+    "train",
+]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -270,6 +279,15 @@ def _optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise bad_argument("train", "optimizer", expected=f"one of {OPTIMIZERS}", found=repr(name))
+
+
+def optimizer_for(config: TrainConfig, params: Iterable[Tensor] | Iterable[dict]) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names, at its learning rate, momentum and weight decay.
+
+    ``params`` may be parameter groups (dicts); a group's own ``weight_decay`` wins, as torch
+    has it (e.g. no decay on biases).
+    """
+    return _optimizer(config.optimizer, params, config.lr, config.momentum, config.weight_decay)
 
 
 def _check_mask(mask: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:

@@ -2,8 +2,9 @@
 random-mask controls, and iterative magnitude pruning with rewinding (``imp``) that writes every
 round to disk and resumes. Masked training is ``landscape.train(..., mask=mask)``."""
 
-from landscape.pruning.iterative import BRANCHES, DEFAULT_TRAIN, imp
-from landscape.pruning.masks import (
+from landscape.pruning._imp import BRANCHES, imp
+from landscape.pruning._masks import (
+    OPEN_LTH_PRUNES_OUTPUT,
     SCOPES,
     apply_mask,
     check_mask,
@@ -12,13 +13,14 @@ from landscape.pruning.masks import (
     layer_density,
     magnitude_prune,
     prunable_parameters,
+    prunes_output_by_default,
     random_mask,
     sparsity,
 )
 
 __all__ = [
     "BRANCHES",
-    "DEFAULT_TRAIN",
+    "OPEN_LTH_PRUNES_OUTPUT",
     "SCOPES",
     "apply_mask",
     "check_mask",
@@ -28,6 +30,7 @@ __all__ = [
     "layer_density",
     "magnitude_prune",
     "prunable_parameters",
+    "prunes_output_by_default",
     "random_mask",
     "sparsity",
 ]

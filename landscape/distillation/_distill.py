@@ -10,30 +10,28 @@ the head's sizes, which are scaled down for CPUs.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape.core import recompute_bn
 from landscape.core.batchnorm import has_batchnorm
 from landscape.core.data import Splits, as_splits
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument, describe
 from landscape.core.io import checkpoint_record, provenance_attrs
-from landscape.core.progress import progress_bar
 from landscape.core.spec import spec_of
-from landscape.core.state import State, state_of
-from landscape.distillation._head import HEADS, DINOHead
-from landscape.distillation._init import resolve_model, student_init
-from landscape.distillation._loop import Distiller
-from landscape.distillation._nets import build_net, head_state, zoo_state
-from landscape.distillation._probing import Prober, calibrated_state
+from landscape.core.state import State
+from landscape.distillation._head import HEADS
+from landscape.distillation._init import resolve_model
+from landscape.distillation._loop import Distiller, run_epochs
+from landscape.distillation._nets import build_pair, head_state, zoo_state
+from landscape.distillation._probing import ProbeHistory, Prober
 from landscape.distillation._result import DistillationResult, history_dataset
-from landscape.probes import DEFAULT_SCALINGS, PROBES, SCALINGS, check_probe_options
-from landscape.training import TrainConfig, init_state
+from landscape.probes import DEFAULT_SCALINGS, PROBES, SCALINGS, check_probe_options, features_at
+from landscape.training import TrainConfig
 
 __all__ = ["DEFAULT_HEAD", "DISTILLATION_TRAIN", "TEACHER_BN", "distill_random_teacher"]
 
@@ -147,11 +145,9 @@ def _probe_epochs(epochs: int, probe_every: int | None) -> set[int]:
     return {0, epochs, *range(0, epochs + 1, probe_every)}
 
 
-@torch.no_grad()
 def _embedding_size(model: nn.Module, splits: Splits) -> int:
-    encoder = copy.deepcopy(model.features).eval()
     x = next(iter(splits.values()))[0][:2]
-    return int(encoder(x).flatten(1).shape[1])
+    return int(features_at(model, None, x, layers="features", device="cpu")["features"].shape[1])
 
 
 def distill_random_teacher(
@@ -325,35 +321,28 @@ def distill_random_teacher(
         if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(allowed):
             raise bad_argument(fn, name, expected=f"distinct names from {allowed}", found=repr(chosen))
 
-    # Teacher: the zoo initialisation at `seed` plus a head from a generator seeded with `seed`.
-    teacher_state = init_state(model, int(seed))
-    fresh_state = init_state(model, student_seed)
     embed_dim = _embedding_size(model, splits)
     head_kwargs = {"hidden_dims": tuple(int(h) for h in hidden_dims), "bottleneck_dim": int(bottleneck_dim)}
-    teacher_head = DINOHead(embed_dim, out_dim, seed=seed, head=head, **head_kwargs)
-    fresh_head = DINOHead(embed_dim, out_dim, seed=student_seed, head=head, **head_kwargs)
-    teacher_head_start = head_state(teacher_head)
-    teacher_net = build_net(model, teacher_state, teacher_head)
-    student_net = copy.deepcopy(teacher_net)
-    student_net.load_state_dict(
-        student_init(
-            state_of(teacher_net),
-            state_of(build_net(model, fresh_state, fresh_head)),
-            alpha_init,
-            parameters=[n for n, _ in teacher_net.named_parameters()],
-        )
+    teacher_net, student_net, teacher_state, teacher_head_start = build_pair(
+        model,
+        embed_dim=embed_dim,
+        out_dim=out_dim,
+        head=head,
+        head_kwargs=head_kwargs,
+        seed=int(seed),
+        student_seed=student_seed,
+        alpha_init=alpha_init,
     )
     teacher_net.requires_grad_(False)
     teacher_net.to(dev).eval()
     student_net.to(dev).train()
     teacher_start = {k: v.detach().clone() for k, v in teacher_net.state_dict().items()}
     distill_x = distill_x.to(dev)
-    n = distill_x.shape[0]
     distiller = Distiller(
         teacher_net,
         student_net,
         config,
-        total_steps=config.total_steps(n),
+        total_steps=config.total_steps(distill_x.shape[0]),
         student_temperature=student_temperature,
         teacher_temperature=teacher_temperature,
         center_momentum=center_momentum,
@@ -364,61 +353,46 @@ def distill_random_teacher(
     )
     if calibrated_teacher is None:
         calibrated_teacher = has_batchnorm(teacher_net.encoder)
-    net_names = ("student", "teacher", "teacher_calibrated") if calibrated_teacher else ("student", "teacher")
+
+    def calibrate(teacher: State) -> State:
+        # BatchNorm statistics from the distillation inputs in batches of the run's size, as
+        # the student's are estimated (the engine's exact example-weighted average).
+        return recompute_bn(model, teacher, distill_x, batch_size=config.batch_size, device=dev)
+
     prober = Prober(model, datasets, probes=probes_tuple, scalings=scalings_tuple, options=options, device=dev)
-    accuracy = np.full((epochs + 1, len(net_names), *prober.shape), np.nan)
-    losses = np.full(epochs + 1, np.nan)
+    probed = ProbeHistory(
+        prober,
+        epochs=epochs,
+        calibrate=calibrate if calibrated_teacher else None,
+        teacher_fixed=teacher_momentum is None,
+    )
     students: dict[int, State] = {}
-    teacher_fixed = teacher_momentum is None
     provenance = {"format": "distilled", "source": "landscape.distillation.distill_random_teacher"}
     provenance |= {"seed": int(seed), "alpha_init": alpha_init, "head": head}
 
     def state_at(net: nn.Module, epoch: int, role: str) -> State:
         return zoo_state(net.encoder, teacher_state, {**provenance, "role": role, "epoch": epoch})
 
-    def record_probes(epoch: int) -> None:
-        accuracy[epoch, 0] = prober(state_at(student_net, epoch, "student"))
-        if teacher_fixed and epoch > 0:  # a frozen teacher probes the same at every epoch
-            accuracy[epoch, 1:] = accuracy[0, 1:]
-            return
-        teacher = state_at(teacher_net, epoch, "teacher")
-        accuracy[epoch, 1] = prober(teacher)
-        if calibrated_teacher:
-            calibrated = calibrated_state(model, teacher, distill_x, batch_size=1024, device=dev)
-            accuracy[epoch, 2] = prober(calibrated)
-
     probe_epochs = _probe_epochs(epochs, probe_every)
-    order_gen = torch.Generator().manual_seed(data_seed)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(data_seed + 1)  # dropout, if the encoder has any
-        # The loss at initialisation, in training mode like every later epoch; BatchNorm's
-        # running statistics are restored afterwards so that this pass changes nothing.
-        buffers = {k: v.clone() for k, v in student_net.named_buffers()}
-        losses[0] = distiller.epoch(distill_x, torch.arange(n, device=dev), train=False)
-        with torch.no_grad():
-            for k, v in student_net.named_buffers():
-                v.copy_(buffers[k])
-        if 0 in probe_epochs:
-            record_probes(0)
-        if 0 in saved:
-            students[0] = state_at(student_net, 0, "student")
-        with progress_bar(total=epochs, desc="distill", unit="epoch", disable=not progress) as bar:
-            for epoch in range(1, epochs + 1):
-                order = torch.randperm(n, generator=order_gen).to(dev)
-                losses[epoch] = distiller.epoch(distill_x, order, train=True)
-                if epoch in probe_epochs:
-                    record_probes(epoch)
-                if epoch in saved:
-                    students[epoch] = state_at(student_net, epoch, "student")
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[epoch]:.4f}")
 
+    def after_epoch(epoch: int) -> None:
+        if epoch in probe_epochs:
+            probed.record(
+                epoch, state_at(student_net, epoch, "student"), lambda: state_at(teacher_net, epoch, "teacher")
+            )
+        if epoch in saved:
+            students[epoch] = state_at(student_net, epoch, "student")
+
+    losses = run_epochs(
+        distiller, distill_x, epochs=epochs, data_seed=data_seed, after_epoch=after_epoch, progress=progress
+    )
     student_net.eval().cpu()
     history = history_dataset(
-        losses, accuracy, nets=net_names, probes=probes_tuple, scalings=scalings_tuple, datasets=list(datasets)
+        losses, probed.values, nets=probed.nets, probes=probes_tuple, scalings=scalings_tuple, datasets=list(datasets)
     )
-    teacher_zoo = State({k: v.clone() for k, v in teacher_state.items()}, provenance={**provenance, "role": "teacher"})
-    teacher_zoo.provenance["epoch"] = 0
+    teacher_zoo = State(
+        {k: v.clone() for k, v in teacher_state.items()}, provenance={**provenance, "role": "teacher", "epoch": 0}
+    )
     history.attrs = provenance_attrs(
         analysis="random_teacher_distillation",
         model=spec_of(model) or type(model).__name__,
@@ -443,7 +417,7 @@ def distill_random_teacher(
         probe_seconds=round(prober.seconds, 3),
         teacher_state=checkpoint_record(teacher_zoo),
     )
-    if teacher_fixed:
+    if teacher_momentum is None:
         changed = [k for k, v in teacher_net.state_dict().items() if not torch.equal(v, teacher_start[k])]
         assert not changed, f"the frozen teacher changed: {changed[:3]}"
     return DistillationResult(

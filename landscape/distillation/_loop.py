@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from landscape.core.data import batch_slices
+from landscape.core.progress import progress_bar
 from landscape.distillation._head import DistillationNet
 from landscape.distillation._loss import distillation_loss
 from landscape.distillation._nets import no_decay
 from landscape.training import TrainConfig, lr_at, optimizer_for
 
-__all__ = ["Distiller"]
+__all__ = ["Distiller", "run_epochs"]
 
 
 class Distiller:
@@ -106,3 +110,39 @@ class Distiller:
             value = self.train_step(xb) if train else self.loss(xb)
             total += value.double() * xb.shape[0]
         return float(total) / x.shape[0]
+
+
+def run_epochs(
+    distiller: Distiller,
+    x: Tensor,
+    *,
+    epochs: int,
+    data_seed: int,
+    after_epoch: Callable[[int], None],
+    progress: bool,
+) -> np.ndarray:
+    """The loss at initialisation and after every epoch of training on ``x`` (epochs + 1
+    values); ``after_epoch(e)`` runs after each, from e = 0 (before training)."""
+    device = x.device
+    n = x.shape[0]
+    losses = np.full(epochs + 1, np.nan)
+    order_gen = torch.Generator().manual_seed(data_seed)
+    student = distiller.student
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(data_seed + 1)  # dropout, if the encoder has any
+        # The loss at initialisation, in training mode like every later epoch; BatchNorm's
+        # running statistics are restored afterwards so that this pass changes nothing.
+        buffers = {k: v.clone() for k, v in student.named_buffers()}
+        losses[0] = distiller.epoch(x, torch.arange(n, device=device), train=False)
+        with torch.no_grad():
+            for k, v in student.named_buffers():
+                v.copy_(buffers[k])
+        after_epoch(0)
+        with progress_bar(total=epochs, desc="distill", unit="epoch", disable=not progress) as bar:
+            for epoch in range(1, epochs + 1):
+                order = torch.randperm(n, generator=order_gen).to(device)
+                losses[epoch] = distiller.epoch(x, order, train=True)
+                after_epoch(epoch)
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[epoch]:.4f}")
+    return losses

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from landscape.core.errors import bad_argument
+from landscape.core.metrics import Metric
 
 __all__ = ["distillation_loss", "distillation_metric", "per_example_loss"]
 
@@ -48,49 +48,49 @@ def distillation_loss(
     ).mean()
 
 
-def distillation_metric(teacher_logits: Tensor, *, student_temperature: float = 1.0, teacher_temperature: float = 1.0):
+def distillation_metric(*, student_temperature: float = 1.0, teacher_temperature: float = 1.0) -> Metric:
     """The distillation loss as a metric of :func:`landscape.evaluate`: ``metric(logits, targets)``.
 
-    An ``evaluate`` metric sees the model's logits and the data's integer targets, never a
-    second network. So the frozen teacher's outputs are computed once, beforehand, for every
-    example (``teacher_logits``, one row per example), and the data's targets are example
-    indices into that table: the metric returns, per example, the cross-entropy of the
-    student's softmax against the teacher's row. :func:`distillation_problem` builds the
-    table, the indexed data and the student's point from a distillation result.
+    An ``evaluate`` metric sees the model's logits and the data's targets, never a second
+    network. So the frozen teacher's outputs are computed once, beforehand, and given as the
+    data's targets: one row of outputs per example, in ``((inputs,), teacher_outputs)``
+    pairs, which the engine passes through as they are (a plain ``(x, y)`` pair must hold
+    class labels). The metric returns, per example, the cross-entropy of the student's
+    softmax against the teacher's. :func:`distillation_problem` builds such data, the
+    student's point and the architecture from a distillation result.
 
     Parameters
     ----------
-    teacher_logits
-        (examples, outputs): the teacher's head outputs (centred, if the run centred them).
     student_temperature, teacher_temperature
         Softmax temperatures of the run.
 
     Returns
     -------
     callable
-        ``metric(logits, targets) -> Tensor`` of shape (batch,).
+        ``metric(logits, teacher_outputs) -> Tensor`` of shape (batch,).
 
     Examples
     --------
     >>> import torch
-    >>> metric = distillation_metric(torch.zeros(3, 4))
-    >>> metric(torch.zeros(2, 4), torch.tensor([0, 2])).tolist() == [float(torch.log(torch.tensor(4.0)))] * 2
-    True
+    >>> metric = distillation_metric()
+    >>> [round(v, 4) for v in metric(torch.zeros(2, 4), torch.randn(2, 4)).tolist()]  # uniform student: log 4
+    [1.3863, 1.3863]
     """
-    if not isinstance(teacher_logits, Tensor) or teacher_logits.dim() != 2:
-        raise bad_argument(
-            "distillation_metric", "teacher_logits", expected="a (examples, outputs) tensor", found=teacher_logits
-        )
-    table = teacher_logits.detach()
-    on_device: dict[torch.device, Tensor] = {}
+    for name, value in {"student_temperature": student_temperature, "teacher_temperature": teacher_temperature}.items():
+        if not value > 0:
+            raise bad_argument("distillation_metric", name, expected="a positive temperature", found=repr(value))
 
     def distillation_loss(logits: Tensor, targets: Tensor) -> Tensor:
-        rows = on_device.setdefault(logits.device, table.to(logits.device))  # moved once per device
+        if not targets.is_floating_point() or targets.shape != logits.shape:
+            raise bad_argument(
+                "distillation_metric",
+                "targets",
+                expected=f"the teacher's outputs, shaped like the student's logits {tuple(logits.shape)}",
+                found=targets,
+                fix="Build the data with landscape.distillation.distillation_problem(result, data).",
+            )
         return per_example_loss(
-            logits,
-            rows[targets],
-            student_temperature=student_temperature,
-            teacher_temperature=teacher_temperature,
+            logits, targets, student_temperature=student_temperature, teacher_temperature=teacher_temperature
         )
 
     return distillation_loss

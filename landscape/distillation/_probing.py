@@ -1,43 +1,20 @@
-"""Probing during distillation: encoders read out on the probe data sets, and the teacher with
-BatchNorm statistics calibrated on the distillation inputs."""
+"""Probing during distillation: encoders, given as states of the zoo model, read out through
+the engine on the probe data sets."""
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.core.batchnorm import recompute_mode
-from landscape.core.data import Splits, batch_slices
+from landscape.core.data import Splits
 from landscape.core.state import State
 from landscape.probes import features_at, probe_features
 
-__all__ = ["Prober", "calibrated_state"]
-
-
-@torch.no_grad()
-def calibrated_state(model: nn.Module, state: State, inputs: Tensor, *, batch_size: int, device: torch.device) -> State:
-    """``state`` with every BatchNorm layer's running statistics re-estimated on ``inputs``:
-    the example-weighted average of the batch statistics (a smaller last batch counts for
-    what it holds), as the engine's ``bn="reset"`` computes them."""
-    work = copy.deepcopy(model)
-    work.load_state_dict(state)
-    work.to(device).eval()
-    for module in work.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            module.reset_running_stats()
-    with recompute_mode(work) as before_batch:
-        for rows in batch_slices(inputs.shape[0], batch_size):
-            xb = inputs[rows].to(device)
-            before_batch(xb.shape[0])
-            work(xb)
-    out = State({k: v.detach().cpu().clone() for k, v in work.state_dict().items()})
-    out.provenance = {**state.provenance, "bn": "calibrated on the distillation inputs"}
-    return out
+__all__ = ["ProbeHistory", "Prober"]
 
 
 class Prober:
@@ -90,3 +67,34 @@ class Prober:
             ).accuracy.values
         self.seconds += time.perf_counter() - start
         return values
+
+
+class ProbeHistory:
+    """Probe accuracies over (epoch, net, data set, probe, scaling), filled as the run goes.
+
+    The nets are the student, the teacher and, with ``calibrate``, the teacher with the
+    statistics ``calibrate`` gives it. A frozen teacher (``teacher_fixed``) is probed once, at
+    epoch 0, and its values repeated at every later probed epoch.
+    """
+
+    def __init__(
+        self,
+        prober: Prober,
+        *,
+        epochs: int,
+        calibrate: Callable[[State], State] | None,
+        teacher_fixed: bool,
+    ) -> None:
+        self.prober, self.calibrate, self.teacher_fixed = prober, calibrate, teacher_fixed
+        self.nets = ("student", "teacher", "teacher_calibrated") if calibrate else ("student", "teacher")
+        self.values = np.full((epochs + 1, len(self.nets), *prober.shape), np.nan)
+
+    def record(self, epoch: int, student: State, teacher: Callable[[], State]) -> None:
+        self.values[epoch, 0] = self.prober(student)
+        if self.teacher_fixed and epoch > 0:
+            self.values[epoch, 1:] = self.values[0, 1:]
+            return
+        state = teacher()
+        self.values[epoch, 1] = self.prober(state)
+        if self.calibrate is not None:
+            self.values[epoch, 2] = self.prober(self.calibrate(state))

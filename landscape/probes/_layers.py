@@ -1,20 +1,20 @@
-"""Features at named layers (forward hooks), and probes of every layer of one or more networks."""
+"""Features at named layers (through the engine), and probes of every layer of one or more networks."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from landscape.core.data import as_splits, batch_slices
+from landscape.core import run_points
+from landscape.core.data import as_splits
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.io import checkpoint_record, provenance_attrs
 from landscape.core.spec import spec_of
-from landscape.core.state import State, as_state, check_compatible
+from landscape.core.state import State, as_state, state_of
 from landscape.probes._probe import DEFAULT_SCALINGS, PROBES, check_probe_options, probe_features
 
 __all__ = ["features_at", "layerwise_probe"]
@@ -48,7 +48,43 @@ def _check_layers(model: nn.Module, layers: Sequence[str] | str | None, function
     return layers
 
 
-@torch.no_grad()
+def _collect(
+    model: nn.Module,
+    points: Mapping[str, State],
+    data: Mapping[str, Tensor],
+    names: Sequence[str],
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    function: str,
+) -> dict[str, dict[str, dict[str, Tensor]]]:
+    """Features at ``names`` of every point on every split, by the engine: {point: {split:
+    {layer: (examples, features) float tensor on the CPU}}}."""
+    labels = list(points)
+    unlabelled = {split: ((x,), None) for split, x in data.items()}
+    parts = {label: {split: {name: [] for name in names} for split in data} for label in labels}
+    run = run_points(
+        model,
+        dict(points),
+        unlabelled,
+        features=list(names),
+        batch_size=batch_size,
+        device=device,
+        function=function,
+    )
+    try:
+        for out in run:
+            for p, index in enumerate(out.points):
+                for name in names:
+                    parts[labels[index]][out.split][name].append(out.features[name][p].flatten(1).float().cpu())
+    finally:
+        run.close()
+    return {
+        label: {split: {name: torch.cat(chunks) for name, chunks in layers.items()} for split, layers in splits.items()}
+        for label, splits in parts.items()
+    }
+
+
 def features_at(
     model: nn.Module,
     state: Mapping[str, Tensor] | None,
@@ -59,6 +95,8 @@ def features_at(
     device: str | torch.device = "auto",
 ) -> dict[str, Tensor]:
     """Outputs of named submodules for inputs ``x``, in eval mode, flattened per example.
+
+    Runs through the engine (:func:`landscape.core.run_points` with ``features=``).
 
     Parameters
     ----------
@@ -74,7 +112,7 @@ def features_at(
     batch_size
         Examples per forward pass.
     device
-        Where to run the model.
+        Where to run the model (``"auto"``: CUDA when present).
 
     Returns
     -------
@@ -90,41 +128,11 @@ def features_at(
     {'features.act1': (5, 8), 'features': (5, 8)}
     """
     names = _check_layers(model, layers, "features_at")
-    dev = resolve_device(device, function="features_at")
-    work = copy.deepcopy(model)
-    if state is not None:
-        state = as_state(state, function="features_at")
-        check_compatible(work.state_dict(), state, function="features_at", names=("model", "state"))
-        work.load_state_dict(state)
-    work.to(dev).eval()
-    modules = dict(work.named_modules())
-    collected: dict[str, list[Tensor]] = {name: [] for name in names}
-    hooks = []
-    for name in names:
-
-        def hook(_module: nn.Module, _inputs: object, output: object, name: str = name) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            collected[name].append(out.detach().flatten(1).float().cpu())
-
-        hooks.append(modules[name].register_forward_hook(hook))
-    batches = 0
-    try:
-        for rows in batch_slices(x.shape[0], batch_size):
-            work(x[rows].to(dev))
-            batches += 1
-    finally:
-        for h in hooks:
-            h.remove()
-    for name, parts in collected.items():
-        if len(parts) != batches:
-            raise bad_argument(
-                "features_at",
-                "layers",
-                expected="modules that run once per forward pass",
-                found=f"{name!r}, which ran {len(parts)} times in {batches} forward passes",
-                fix="Hook a module that is not reused (e.g. give each activation its own module).",
-            )
-    return {name: torch.cat(parts) for name, parts in collected.items()}
+    point = state_of(model) if state is None else as_state(state, function="features_at")
+    found = _collect(
+        model, {"net": point}, {"data": x}, names, batch_size=batch_size, device=device, function="features_at"
+    )
+    return found["net"]["data"]
 
 
 def layerwise_probe(
@@ -203,17 +211,18 @@ def layerwise_probe(
         named = True
     else:
         nets, named = {"net": as_state(state, function=fn)}, False
-    x_train, y_train = splits["train"]
-    x_test, y_test = splits["test"]
+    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+    points = {k: state_of(model) if v is None else v for k, v in nets.items()}
+    found = _collect(
+        model, points, {"train": x_train, "test": x_test}, names, batch_size=batch_size, device=dev, function=fn
+    )
     per_net = []
-    for net_state in nets.values():
-        train_feats = features_at(model, net_state, x_train, layers=names, batch_size=batch_size, device=dev)
-        test_feats = features_at(model, net_state, x_test, layers=names, batch_size=batch_size, device=dev)
+    for label in nets:
         rows = [
             probe_features(
-                train_feats[name],
+                found[label]["train"][name],
                 y_train,
-                test_feats[name],
+                found[label]["test"][name],
                 y_test,
                 probes=probes,
                 scalings=scalings,

@@ -347,38 +347,52 @@ def test_ema_teacher_with_statistics_from_the_student_and_centering() -> None:
     torch.testing.assert_close(distiller.center, 0.1 * projections.mean(dim=0))
 
 
-def test_calibrated_teacher_statistics_are_example_weighted(data) -> None:
-    """BatchNorm statistics re-estimated in batches of 40 over 96 inputs (a last batch of 16):
-    the example-weighted mean of the batch means and unbiased batch variances, by hooks."""
-    from landscape.distillation._probing import calibrated_state
-
-    model = ls.models.create("cnn1d", width=4, norm="batch", seed=0)
-    state = ls.state_of(model)
-    got = calibrated_state(model, state, data.train[0], batch_size=40, device=torch.device("cpu"))
-    work = ls.models.create("cnn1d", width=4, norm="batch", seed=0)
+def test_calibrated_teacher_is_probed_with_example_weighted_statistics(data) -> None:
+    """The teacher_calibrated probe is the probe of the teacher whose BatchNorm statistics are,
+    by hooks, the example-weighted means of the batch means and unbiased batch variances over
+    the 96 distillation inputs in batches of the run's 40 (a last batch of 16)."""
+    result = distill_random_teacher(
+        "cnn1d:width=4,norm=batch",
+        data,
+        train={"epochs": 1, "batch_size": 40},
+        probe_every=0,
+        probes=["knn"],
+        progress=False,
+        device="cpu",
+        **TINY,
+    )
+    work = ls.models.create("cnn1d", width=4, norm="batch", input_shape=[40], num_classes=10, seed=0)
     layers = {n: m for n, m in work.named_modules() if isinstance(m, torch.nn.BatchNorm1d)}
     sums = {n: [0.0, 0.0] for n in layers}
-    hooks = [
-        m.register_forward_pre_hook(
-            lambda m, args, n=n: sums[n].__setitem__(
-                slice(None),
-                [
-                    sums[n][0] + args[0].double().mean(dim=(0, 2)) * args[0].shape[0],
-                    sums[n][1] + args[0].double().var(dim=(0, 2)) * args[0].shape[0],
-                ],
-            )
-        )
-        for n, m in layers.items()
-    ]
+
+    def record(name):
+        def hook(_module, args):
+            inp = args[0].double()
+            sums[name][0] = sums[name][0] + inp.mean(dim=(0, 2)) * inp.shape[0]
+            sums[name][1] = sums[name][1] + inp.var(dim=(0, 2)) * inp.shape[0]
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in layers.items()]
     work.train()
     with torch.no_grad():
         for start in (0, 40, 80):
             work(data.train[0][start : start + 40])
     for h in hooks:
         h.remove()
+    calibrated = dict(result.teacher)
     for n in layers:
-        torch.testing.assert_close(got[f"{n}.running_mean"].double(), sums[n][0] / 96, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(got[f"{n}.running_var"].double(), sums[n][1] / 96, rtol=1e-5, atol=1e-6)
+        calibrated[f"{n}.running_mean"] = (sums[n][0] / 96).float()
+        calibrated[f"{n}.running_var"] = (sums[n][1] / 96).float()
+    train = features_at(result.model, calibrated, data.train[0], layers="features", device="cpu")["features"]
+    test = features_at(result.model, calibrated, data.test[0], layers="features", device="cpu")["features"]
+    expected = probe_features(train, data.train[1], test, data.test[1], probes=["knn"], device="cpu").accuracy
+    got = result.history.accuracy.sel(epoch=0, net="teacher_calibrated", probe="knn", scaling="standardized")
+    assert float(got) == float(expected.squeeze())
+    # and the calibration changes the teacher's read-out (the eval-mode teacher has mean 0, variance 1)
+    assert not torch.equal(
+        features_at(result.model, result.teacher, data.test[0], layers="features", device="cpu")["features"], test
+    )
 
 
 def test_transfer_probes_the_same_encoders_on_another_data_set(data) -> None:
@@ -448,5 +462,9 @@ def test_distillation_loss_as_an_evaluate_metric(data, device) -> None:
     np.testing.assert_allclose(
         line.distillation_loss.sel(alpha=0).values, got.distillation_loss.squeeze().values, rtol=1e-5
     )
-    metric = distillation_metric(torch.zeros(2, 4))
-    assert metric(torch.zeros(2, 4), torch.tensor([0, 1])).shape == (2,)
+    assert set(problem.data) == {"train", "test"} and problem.data["test"][1].shape == (48, 32)
+    metric = distillation_metric(student_temperature=0.5)
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    torch.testing.assert_close(metric(s, t), -(F.softmax(t, -1) * F.log_softmax(s / 0.5, -1)).sum(-1))
+    with pytest.raises(LandscapeError, match="teacher's outputs"):
+        metric(s, torch.tensor([0, 1, 2]))

@@ -137,7 +137,7 @@ def test_one_round_equals_a_plain_loop(setup) -> None:
     dense = ls.train(model, data, config=config, start=start, progress=False, device="cpu")
     names = ls.pruning.prunable_parameters(model, prune_output=True)
     magnitudes = torch.cat([dense.state[k].abs().flatten() for k in names])
-    count = int(round(0.2 * magnitudes.numel()))
+    count = round(0.2 * magnitudes.numel())
     threshold = torch.sort(magnitudes).values[count - 1]
     mask = {k: dense.state[k].abs() > threshold for k in names}  # continuous weights: no ties
     assert sum(int((~m).sum()) for m in mask.values()) == count

@@ -40,7 +40,7 @@ def _line(ax: Any, x: np.ndarray, values: xr.DataArray, **style: Any) -> None:
         ax.fill_between(x[keep], (mean - spread)[keep], (mean + spread)[keep], color=line.get_color(), alpha=0.2, lw=0)
 
 
-def probe_history(history: xr.Dataset, ax: Any = None, *, probe: str = "linear", scaling: str = "raw") -> Any:
+def probe_history(history: xr.Dataset, ax: Any = None, *, probe: str = "linear", scaling: str = "standardized") -> Any:
     """Probe accuracy of student and teacher over distillation epochs.
 
     Parameters
@@ -70,7 +70,7 @@ def probe_history(history: xr.Dataset, ax: Any = None, *, probe: str = "linear",
     return ax
 
 
-def locality(result: xr.Dataset, ax: Any = None, *, probe: str = "linear", scaling: str = "raw") -> Any:
+def locality(result: xr.Dataset, ax: Any = None, *, probe: str = "linear", scaling: str = "standardized") -> Any:
     """Final probe accuracy of the student over ``alpha_init`` (log scale), with the teacher's.
 
     Parameters

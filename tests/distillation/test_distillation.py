@@ -205,17 +205,23 @@ def test_bad_input(data) -> None:
         distill_random_teacher("cnn1d", data, probe_options={"neighbours": 3}, **one)
 
 
-def test_linear_basins_dims_resume_and_refusal(data, tmp_path) -> None:
+def test_linear_basins_dims_resume_and_refusal(data, tmp_path, device) -> None:
     from landscape.distillation import basin_starts, linear_basins
 
     model = ls.models.create("cnn1d", width=4, seed=0)
     train = {"epochs": 1, "batch_size": 32}
-    starts = basin_starts(model, data, steps=[2], train=train, progress=False)
+    starts = basin_starts(model, data, steps=[2], train=train, progress=False, device=device)
     assert list(starts) == ["init", "supervised@2"]
     assert all(torch.equal(starts["init"][k], ls.state_of(model)[k]) for k in starts["init"])
-    first = linear_basins(model, starts, data, train=train, alphas=3, out=tmp_path, progress=False)
+    first = linear_basins(model, starts, data, train=train, alphas=3, out=tmp_path, progress=False, device=device)
     assert first.error_barrier.dims == ("start", "split") and first.stable.dtype == bool
     assert list(first.start.values) == ["init", "supervised@2"]
+    # each start's barrier is that of instability() on its own (the same children)
+    single = ls.connectivity.instability(
+        model, starts["init"], data, train=train, alphas=3, progress=False, device=device
+    )
+    np.testing.assert_allclose(first.error_barrier.sel(start="init").values, single.error_barrier.values)
+    assert all(v.device.type == "cpu" for v in starts["supervised@2"].values())
     again = linear_basins(model, starts, data, train=train, alphas=3, out=tmp_path, progress=False)  # from disk
     np.testing.assert_array_equal(again.error_barrier.values, first.error_barrier.values)
     with pytest.raises(LandscapeError, match="alphas: 3 there, 5 now"):

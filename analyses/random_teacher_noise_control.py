@@ -40,7 +40,8 @@ def data_minus_noise(real: xr.Dataset, noise: xr.Dataset) -> str:
     lines = [
         "### Data against noise: the student's gains compared",
         "",
-        f"Seeds {seeds}, same teachers; accuracy in %, differences in percentage points, mean ± std over seeds.",
+        f"Seeds {seeds}, the same teachers (each calibrated teacher on its own run's distillation inputs); accuracy",
+        "in %, differences in percentage points, mean ± std over seeds.",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),

@@ -21,7 +21,7 @@ README = (ROOT / "README.md").read_text()
 TINY_PYTHON = [
     ("ls.datasets.mnist1d()", "ls.datasets.mnist1d(n_train=200, n_test=100)"),
     ("epochs=40", "epochs=1"),
-    ("epochs=60", "epochs=1"),
+    ('"epochs": 60', '"epochs": 1'),
     ("resolution=21", "resolution=3"),
     ("alphas=25", "alphas=5"),
     ("rounds=8", "rounds=1"),

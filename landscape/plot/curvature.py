@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from landscape.core.errors import bad_argument
-from landscape.plot.style import label, new_axes, split_color
+from landscape.plot.style import PathLike, label, new_axes, save, split_color
 
 __all__ = ["curvature_curve", "eigenvalue_density"]
 
@@ -42,6 +42,7 @@ def eigenvalue_density(
     floor: float = 1e-7,
     color: str | None = None,
     label_prefix: str = "",
+    path: PathLike | None = None,
 ) -> Any:
     """The eigenvalue density on a logarithmic scale, as PyHessian draws it.
 
@@ -58,6 +59,8 @@ def eigenvalue_density(
         empty stretches between eigenvalue clusters stay visible.
     color, label_prefix
         To overlay several densities.
+    path
+        Save the figure there (format from the suffix: .png, .pdf, .svg).
 
     Returns
     -------
@@ -91,6 +94,7 @@ def eigenvalue_density(
     axis.grid(alpha=0.3)
     if any(name is not None for name in layers) or label_prefix:
         axis.legend(frameon=False, fontsize="small")
+    save(axis, path)
     return axis
 
 
@@ -105,6 +109,7 @@ def curvature_curve(
     label_prefix: str = "",
     linestyle: str = "-",
     color: str | None = None,
+    path: PathLike | None = None,
 ) -> list[Any]:
     """Curvature along a path beside the loss: one panel for the loss, one per statistic.
 
@@ -126,6 +131,8 @@ def curvature_curve(
         For a result with per-layer blocks: which layer's statistics to draw.
     label_prefix, linestyle, color
         To overlay several paths (e.g. before and after alignment) on the same axes.
+    path
+        Save the figure there (format from the suffix: .png, .pdf, .svg).
 
     Returns
     -------
@@ -195,4 +202,5 @@ def curvature_curve(
         axis.grid(alpha=0.3)
         if text:
             axis.legend(frameon=False, fontsize="small")
+    save(axes, path)
     return axes

@@ -65,23 +65,25 @@ def test_cli_refuses_three_checkpoints_and_a_density_along_a_line(checkpoints, c
     assert "expected one checkpoint" in capsys.readouterr().err
 
 
-def test_density_figure_is_logarithmic_with_one_line_per_layer() -> None:
+def test_density_figure_is_logarithmic_with_one_line_per_layer(tmp_path) -> None:
     model = ls.models.create("mlp", seed=0, width=4, depth=1)
     data = (torch.randn(32, 40), torch.randint(0, 10, (32,)))
     ds = hessian_density(model, None, data, probes=2, lanczos_steps=8, blocks="layer", device="cpu", progress=False)
-    axis = plot.eigenvalue_density(ds)
+    axis = plot.eigenvalue_density(ds, path=tmp_path / "density.png")
+    assert (tmp_path / "density.png").stat().st_size > 1000
     assert axis.get_yscale() == "log" and len(axis.get_lines()) == 2
     assert len(plot.eigenvalue_density(ds, layer="classifier").get_lines()) == 1
 
 
-def test_curvature_curve_draws_loss_and_statistics_side_by_side() -> None:
+def test_curvature_curve_draws_loss_and_statistics_side_by_side(tmp_path) -> None:
     model = ls.models.create("mlp", seed=0, width=4, depth=1)
     a, b = ls.state_of(model), ls.state_of(ls.models.create("mlp", seed=1, width=4, depth=1))
     data = {"train": (torch.randn(32, 40), torch.randint(0, 10, (32,)))}
     line = ls.AffineFamily.line(a, b, alphas=3)
     ds = curvature(model, line, data, statistics=("top_eigenvalue", "trace"), probes=3, device="cpu", progress=False)
     curve = ls.connectivity.interpolate(model, a, b, data, alphas=3, progress=False)
-    axes = plot.curvature_curve(ds, curve=curve, statistics=("top_eigenvalue", "trace"))
+    axes = plot.curvature_curve(ds, curve=curve, statistics=("top_eigenvalue", "trace"), path=tmp_path / "c.pdf")
+    assert (tmp_path / "c.pdf").stat().st_size > 1000
     assert len(axes) == 3
     np.testing.assert_allclose(axes[0].get_lines()[0].get_ydata(), curve.loss.sel(split="train").values)
     np.testing.assert_allclose(axes[1].get_lines()[0].get_ydata(), ds.top_eigenvalue.values)

@@ -8,7 +8,7 @@ import torch
 import xarray as xr
 
 import landscape as ls
-from landscape.core.errors import LandscapeError
+from landscape.core.errors import LandscapeError, RunFolderError
 from landscape.curvature import curvature, hessian_eigenvalues, hessian_trace
 from tests.conftest import zoo_data
 from tests.curvature.reference import exact_hessian, hand_bn_state
@@ -126,11 +126,21 @@ def test_a_resumed_run_reuses_finished_points_and_refuses_other_settings(tmp_pat
     options = {"statistics": ("top_eigenvalue", "loss"), "device": device, "progress": False}
     first = curvature(model, line, data, out=tmp_path / "run", **options)
     assert len(list((tmp_path / "run").glob("point-*.nc"))) == 3
-    # Replace one stored point: a resumed run must read it rather than recompute it.
-    stored = ls.load_result(tmp_path / "run" / "point-000001.nc")
-    ls.save_result(stored.assign(loss=stored.loss * 0 + 123.0), tmp_path / "run" / "point-000001.nc")
+    # Delete one stored point: a resumed run recomputes that one and leaves the others untouched.
+    files = sorted((tmp_path / "run").glob("point-*.nc"))
+    stamps = {f.name: f.stat().st_mtime_ns for f in files}
+    files[1].unlink()
     again = curvature(model, line, data, out=tmp_path / "run", **options)
-    assert float(again.loss.isel(alpha=1)) == 123.0
-    xr.testing.assert_equal(again.top_eigenvalue, first.top_eigenvalue)
+    assert files[1].exists()
+    for kept in (files[0], files[2]):
+        assert kept.stat().st_mtime_ns == stamps[kept.name]
+    xr.testing.assert_allclose(again.top_eigenvalue, first.top_eigenvalue, rtol=1e-5)
+    xr.testing.assert_equal(again.loss, first.loss)
+    # A stored point changed by hand is refused rather than silently reused.
+    stored = ls.load_result(files[1])
+    ls.save_result(stored.assign(loss=stored.loss * 0 + 123.0), files[1])
+    with pytest.raises(RunFolderError, match="changed or replaced"):
+        curvature(model, line, data, out=tmp_path / "run", **options)
+    files[1].unlink()
     with pytest.raises(LandscapeError, match="settings differ"):
         curvature(model, line, data, out=tmp_path / "run", **{**options, "statistics": ("loss",)})

@@ -39,6 +39,7 @@ _SUBMODULES = (
     "distillation",
     "probes",
     "concepts",
+    "distributed",
     "cli",
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "core",
     "datasets",
     "distillation",
+    "distributed",
     "evaluate",
     "lerp",
     "load_result",

@@ -16,6 +16,7 @@ import zarr
 import landscape as ls
 from landscape import connectivity
 from landscape.cli import main
+from landscape.core.errors import LandscapeError
 from landscape.distributed import sweep
 
 # Functions defined here run on the workers; they travel by value, as a script's would.
@@ -86,6 +87,14 @@ def test_interpolate_and_a_list_of_states_with_one_unnamed_pair(cluster, setup, 
     got = ls.evaluate(model, states, pair, device=device, progress=False, client=client)
     assert got.loss.dims == ("point",)  # no split dim for one unnamed (x, y) pair, as in one process
     assert_same_result(got, want)
+
+
+def test_an_error_in_a_task_reaches_the_caller_by_name(cluster, setup) -> None:
+    _, client = cluster
+    model, a, b, _ = setup
+    wrong = (torch.randn(10, 7), torch.zeros(10, dtype=torch.long))
+    with pytest.raises(LandscapeError, match=r"evaluate\(data=...\): expected inputs the model accepts"):
+        ls.evaluate(model, [a, b], wrong, device="cpu", progress=False, client=client)
 
 
 def _log_pid(folder: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hypothesis.strategies as st
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 import zarr
 from hypothesis import given, settings
@@ -89,6 +90,18 @@ def test_a_store_with_nothing_finished_is_replaced_and_foreign_paths_refused(tin
     (tmp_path / "file.zarr").write_text("not a store")
     with pytest.raises(LandscapeError, match="not a zarr store"):
         ls.evaluate(model, [a, b], data, progress=False, out=tmp_path / "file.zarr")
+
+
+def test_named_points_into_a_store_keep_their_labels_and_bad_data_fails_by_name(tiny, tmp_path) -> None:
+    model, a, b, data = tiny
+    states = {"first": a, "second": b, "middle": ls.lerp(a, b, 0.5)}
+    want = ls.evaluate(model, states, data, device="cpu", progress=False)
+    got = ls.evaluate(model, states, data, device="cpu", progress=False, out=tmp_path / "named.zarr")
+    assert got.point.values.tolist() == ["first", "second", "middle"]
+    np.testing.assert_allclose(got.loss.values, want.loss.values, rtol=RTOL)
+    wrong = (torch.randn(10, 7), torch.zeros(10, dtype=torch.long))
+    with pytest.raises(LandscapeError, match=r"evaluate\(data=...\): expected inputs the model accepts"):
+        ls.evaluate(model, states, wrong, device="cpu", progress=False, out=tmp_path / "wrong.zarr")
 
 
 def test_bad_arguments_are_named(tiny) -> None:

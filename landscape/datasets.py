@@ -22,7 +22,7 @@ import torch
 from landscape.core.data import Splits
 from landscape.core.errors import bad_argument
 
-__all__ = ["VOCABULARY", "digits", "docstrings", "mnist1d"]
+__all__ = ["VOCABULARY", "digits", "docstring_texts", "docstrings", "mnist1d"]
 
 
 def _cache_dir() -> Path | None:
@@ -191,6 +191,24 @@ def _collect_docstrings(texts: list[str]) -> None:
             doc = getattr(obj, "__doc__", None)
             if isinstance(doc, str) and len(doc) > 40 and getattr(obj, "__module__", name) in (name, None):
                 texts.append(doc.strip())
+
+
+def docstring_texts(split: str = "train") -> list[str]:
+    """The docstrings of Python's standard library as plain texts, offline: the ``"train"``
+    split holds the first 90% of them, ``"test"`` the rest (the same cut as :func:`docstrings`
+    makes in characters). For language models with their own tokenizer.
+
+    Examples
+    --------
+    >>> texts = docstring_texts("test")
+    >>> len(texts) > 10 and all(isinstance(t, str) for t in texts)
+    True
+    """
+    if split not in ("train", "test"):
+        raise bad_argument("docstring_texts", "split", expected="'train' or 'test'", found=repr(split))
+    texts = _docstring_corpus().split("\n\n")
+    cut = int(0.9 * len(texts))
+    return texts[:cut] if split == "train" else texts[cut:]
 
 
 def docstrings(context: int = 32, n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Splits:

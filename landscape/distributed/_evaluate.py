@@ -16,6 +16,8 @@ import torch
 import xarray as xr
 from torch import nn
 
+from landscape.core import DEFAULT_BN_BATCH_SIZE
+from landscape.core._sources import as_sources
 from landscape.core.data import Splits, as_splits
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument, describe
@@ -25,7 +27,6 @@ from landscape.core.io import checkpoint_record, provenance_attrs
 from landscape.core.metrics import Metric, resolve_metrics
 from landscape.core.progress import progress_bar
 from landscape.core.spec import spec_of
-from landscape.core.strategies import DEFAULT_BN_BATCH_SIZE
 from landscape.distributed._client import connected, worker_threads
 from landscape.distributed._fingerprint import describe_settings, model_structure, settings_fingerprint
 from landscape.distributed._store import PieceStore
@@ -46,8 +47,7 @@ class _Job:
 
     model: nn.Module
     family: AffineFamily
-    splits: Splits
-    single: bool
+    data: object
     bn_data: object
     options: dict[str, Any]
 
@@ -63,19 +63,36 @@ class _Prepared:
     options: dict[str, Any]
 
 
+def _is_pair(value: object) -> bool:
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in value)
+    )
+
+
+def _on_device(data: object, device: torch.device) -> object:
+    """Labelled tensors in memory (an ``(x, y)`` pair, a dict of pairs, Splits) moved to
+    ``device`` in the same structure, so that every piece finds them there; other data
+    (DataLoaders, token data) is left as it is and read by each piece."""
+    if _is_pair(data):
+        return tuple(torch.as_tensor(v).to(device) for v in data)
+    if isinstance(data, Splits) or (isinstance(data, Mapping) and data and all(_is_pair(v) for v in data.values())):
+        splits, _ = as_splits(data, function="evaluate")
+        moved = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
+        if isinstance(data, Splits):
+            return Splits(moved, name=data.name, num_classes=data.num_classes, meta=data.meta)
+        return moved
+    return data
+
+
 def _prepare(job: _Job) -> _Prepared:
     # Resolved on the worker: device="auto" is each worker's own GPU (one visible per worker).
     device = resolve_device(job.options["device"], function="evaluate")
     model = copy.deepcopy(job.model).to(device)
-    moved = {name: (x.to(device), y.to(device)) for name, (x, y) in job.splits.items()}
-    data: object = (
-        moved["data"]
-        if job.single
-        else Splits(moved, name=job.splits.name, num_classes=job.splits.num_classes, meta=job.splits.meta)
-    )
     bn_data = job.bn_data.to(device) if isinstance(job.bn_data, torch.Tensor) else job.bn_data
     job.family.device_basis(device)  # moved once; the pieces share it
-    return _Prepared(model, job.family, data, bn_data, {**job.options, "device": str(device)})
+    return _Prepared(model, job.family, _on_device(job.data, device), bn_data, {**job.options, "device": str(device)})
 
 
 def _evaluate_rows(prepared: _Prepared, rows: slice) -> xr.Dataset:
@@ -89,7 +106,7 @@ def _evaluate_rows(prepared: _Prepared, rows: slice) -> xr.Dataset:
     )
 
 
-def _template(family: AffineFamily, splits: Splits, single: bool, names: Sequence[str]) -> xr.Dataset:
+def _template(family: AffineFamily, splits: Sequence[str], single: bool, names: Sequence[str]) -> xr.Dataset:
     """The result's variables at full size (NaN), dims and coordinates, as ``evaluate`` returns them."""
     dims = family.dims if single else (*family.dims, "split")
     shape = family.shape if single else (*family.shape, len(splits))
@@ -121,6 +138,7 @@ def evaluate_sharded(
     bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
     device: str | torch.device = "auto",
     strategy: str = "auto",
+    precision: str = "float32",
     points_per_chunk: int | None = None,
     progress: bool = True,
     client: object = None,
@@ -140,9 +158,10 @@ def evaluate_sharded(
 
     Parameters
     ----------
-    model, points, data, metrics, batch_size, bn, bn_data, bn_batch_size, strategy, points_per_chunk, progress
+    model, points, data, metrics, batch_size, bn, bn_data, bn_batch_size, strategy, precision, points_per_chunk, progress
         As in :func:`landscape.evaluate`; the progress bar counts points finished across all
-        workers.
+        workers. Labelled tensors in memory are moved to each worker's device once;
+        DataLoaders and token data are read again by each piece.
     device
         Resolved on each worker: ``"auto"`` uses the worker's GPU when it has one (one GPU
         visible per worker with :func:`local_cluster` or dask-cuda), else its CPU.
@@ -182,7 +201,8 @@ def evaluate_sharded(
     if not isinstance(model, nn.Module):
         raise bad_argument(function, "model", expected="an nn.Module", found=model)
     family = as_family(points, function=function, argument="points")
-    splits, single = as_splits(data, function=function, argument="data")
+    # The engine's own reading of the data: the split names and whether there is a split dim.
+    sources, single, data_name, _ = as_sources(data, function=function, argument="data")
     names = list(resolve_metrics(metrics, function=function))
     if bn not in ("keep", "reset"):
         raise bad_argument(function, "bn", expected="'keep' or 'reset'", found=repr(bn))
@@ -195,6 +215,7 @@ def evaluate_sharded(
         "bn_batch_size": bn_batch_size,
         "device": device,
         "strategy": strategy,
+        "precision": precision,
         "points_per_chunk": points_per_chunk,
     }
     settings = describe_settings(
@@ -202,12 +223,13 @@ def evaluate_sharded(
             "function": function,
             "model": model_structure(model),
             "points": family,
-            "data": splits,
+            "data": sources,
             "single": single,
             "metrics": resolve_metrics(metrics, function=function),
             "bn": bn,
             "bn_batch_size": bn_batch_size if bn == "reset" else None,
             "bn_data": bn_data if bn == "reset" else None,
+            "precision": precision,
         }
     )
     fingerprint = settings_fingerprint(settings)
@@ -219,16 +241,16 @@ def evaluate_sharded(
         if out is not None:
             store = PieceStore.open(
                 out,
-                template=_template(family, splits, single, names),
+                template=_template(family, list(sources), single, names),
                 bounds=bounds,
                 fingerprint=fingerprint,
                 settings=settings,
-                attrs=_store_attrs(model, family, splits, names, bn),
+                attrs=_store_attrs(model, family, data_name, sources, names, bn),
                 function=function,
             )
             bounds = store.bounds
         todo = store.remaining if store is not None else list(range(len(bounds)))
-        job = _Job(model, family, splits, single, bn_data, options)
+        job = _Job(model, family, data, bn_data, options)
         finished: dict[int, xr.Dataset] = {}
         seen: list[dict] = []
         with progress_bar(total=len(family), desc=function, unit="pt", disable=not progress) as bar:
@@ -257,12 +279,14 @@ def evaluate_sharded(
     return result
 
 
-def _store_attrs(model: nn.Module, family: AffineFamily, splits: Splits, names: list[str], bn: str) -> dict:
+def _store_attrs(
+    model: nn.Module, family: AffineFamily, data_name: str, sources: Mapping[str, Any], names: list[str], bn: str
+) -> dict:
     """Provenance known before any piece runs (the pieces add strategy, device, batch size)."""
     return provenance_attrs(
         model=spec_of(model) or type(model).__name__,
         checkpoints=[checkpoint_record(s) for s in family.basis if s.provenance],
-        data={"name": splits.name, "sizes": {k: int(y.shape[0]) for k, (_, y) in splits.items()}},
+        data={"name": data_name, "sizes": {k: int(getattr(src, "size", 0)) for k, src in sources.items()}},
         metrics=names,
         bn=bn,
     )

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape.core._sources import Source
 from landscape.core.data import Splits
 from landscape.core.family import AffineFamily
 from landscape.core.io import library_version
@@ -23,6 +24,9 @@ from landscape.core.spec import spec_of
 from landscape.core.state import content_hash
 
 __all__ = ["describe_settings", "model_structure", "settings_fingerprint"]
+
+# Lists longer than this are described by a hash (the description is stored with each result).
+LONG = 64
 
 
 def _array_hash(array: np.ndarray | Tensor) -> str:
@@ -52,6 +56,20 @@ def model_structure(model: nn.Module) -> object:
     }
 
 
+def _describe_source(source: Source) -> object:
+    """One split as the engine reads it: tensors in memory and token sequences by content; a
+    DataLoader too large to hold in memory (streamed) only by its type and size."""
+    if hasattr(source, "args"):
+        return {
+            "args": [describe_settings(a) for a in source.args],
+            "kwargs": {k: describe_settings(v) for k, v in source.kwargs.items()},
+            "targets": describe_settings(source.targets),
+        }
+    if hasattr(source, "sequences"):
+        return {"sequences": describe_settings(list(source.sequences)), "pad_id": source.pad_id}
+    return {"streamed": type(source).__name__, "size": getattr(source, "size", None)}
+
+
 def describe_settings(value: object) -> object:
     """A JSON-able description of ``value`` in which every tensor, array, state, dataset and
     point family is replaced by content hashes, and functions by their qualified names."""
@@ -68,6 +86,8 @@ def describe_settings(value: object) -> object:
             "dims": list(value.dims),
             "coords": {d: _array_hash(np.asarray(c)) for d, c in value.coords.items()},
         }
+    if isinstance(value, Source):
+        return _describe_source(value)
     if isinstance(value, Splits):
         return {
             "name": value.name,
@@ -81,6 +101,8 @@ def describe_settings(value: object) -> object:
             return {"state": content_hash(value)}
         return {str(k): describe_settings(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, range)):
+        if len(value) > LONG:  # token sequences and the like: their hash, not their text
+            return {"sha256": hashlib.sha256(json.dumps(list(value), default=str).encode()).hexdigest()}
         return [describe_settings(v) for v in value]
     if callable(value):
         return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__qualname__)}"

@@ -20,11 +20,18 @@ cluster spends beyond the tasks' own compute time: (workers x wall time - sum of
 compute times) / number of tasks, from Dask's task stream; it includes the workers' idle time
 at the end, when one worker has finished and the other has not. An empty task's round trip is
 measured too.
+
+CPU seconds are counted as well (this process, plus every worker process for the cluster):
+on a machine shared with other work, wall time measures the share of the cores each way got
+as much as the way itself, while CPU time measures the work done. "1 thread CPU / busiest
+worker CPU" is the speed-up the cluster would reach on otherwise idle cores if it waited for
+nothing but its busiest worker: a projection, printed next to the measured wall times.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -78,12 +85,16 @@ def main() -> None:
         return evaluate_sharded(model, family, data, device="cpu", progress=False, pieces=pieces)
 
     streams: list[list[dict]] = []
+    worker_cpu: list[dict[str, float]] = []
 
     def on_cluster():
         torch.set_num_threads(1)  # the client process only schedules and assembles
+        before = client.run(time.process_time)
         with get_task_stream(client) as stream:
             result = connectivity.random_plane(model, state, data, client=client, **surface)
+        after = client.run(time.process_time)
         streams.append(stream.data)
+        worker_cpu.append({w: after[w] - before[w] for w in after if w in before})
         return result
 
     ways = {
@@ -96,13 +107,19 @@ def main() -> None:
     first = on_cluster()
     cold = time.perf_counter() - cold
     times: dict[str, list[float]] = {name: [] for name in ways}
+    cpu: dict[str, list[float]] = {name: [] for name in ways}
     results = {}
+    loads = [os.getloadavg()[0]]
     for r in range(args.repeats):
         names = list(ways)
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             results[name] = ways[name]()
             times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+            if name.endswith("workers x 1 thread"):
+                cpu[name][-1] += sum(worker_cpu[-1].values())
+            loads.append(os.getloadavg()[0])
     torch.set_num_threads(1)
 
     baseline = results["one process, 1 thread"]
@@ -135,14 +152,23 @@ def main() -> None:
         f"{sum(int(y.shape[0]) for _, y in data.values())} examples, strategy {baseline.attrs['strategy']}; "
         f"median of {args.repeats} interleaved repeats (min - max)\n"
     )
-    print("| way | time | points/s | speed-up over 1 thread |")
+    print("| way | wall time | speed-up over 1 thread (wall) | CPU time |")
     print("| --- | --- | --- | --- |")
     for name, values in times.items():
         med = statistics.median(values)
         print(
-            f"| {name} | {med:.2f} s ({min(values):.2f} - {max(values):.2f}) | {points / med:.0f} | {base / med:.2f}x |"
+            f"| {name} | {med:.2f} s ({min(values):.2f} - {max(values):.2f}) | {base / med:.2f}x "
+            f"({base / max(values):.2f} - {base / min(values):.2f}) | {statistics.median(cpu[name]):.2f} s |"
         )
     print()
+    busiest = statistics.median(max(w.values()) for w in worker_cpu[1:])
+    single_cpu = statistics.median(cpu["one process, 1 thread"])
+    print(
+        f"busiest worker's CPU time per call {busiest:.2f} s (the other: "
+        f"{statistics.median(min(w.values()) for w in worker_cpu[1:]):.2f} s); 1 thread CPU / busiest worker CPU: "
+        f"{single_cpu / busiest:.2f}x (the projection for idle cores)"
+    )
+    print(f"load average (1 min) during the repeats: {min(loads):.1f} - {max(loads):.1f} on {os.cpu_count()} cores")
     print(f"cluster start (2 processes, torch imported and warmed up): {start_time:.1f} s; first call: {cold:.2f} s")
     print(
         f"tasks per call: {n_tasks}; compute per task {compute_total / n_tasks * 1e3:.0f} ms; "

@@ -104,6 +104,24 @@ def test_named_points_into_a_store_keep_their_labels_and_bad_data_fails_by_name(
         ls.evaluate(model, states, wrong, device="cpu", progress=False, out=tmp_path / "wrong.zarr")
 
 
+def test_a_dataloader_and_bfloat16_go_through_pieces_as_through_one_call(tiny, tmp_path) -> None:
+    model, a, b, data = tiny
+    x, y = data.test
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    line = ls.AffineFamily.line(a, b, alphas=6)
+    want = ls.evaluate(model, line, loader, device="cpu", progress=False)
+    got = ls.evaluate(model, line, loader, device="cpu", progress=False, out=tmp_path / "loader.zarr")
+    assert got.loss.dims == ("alpha",)
+    np.testing.assert_allclose(got.loss.values, want.loss.values, rtol=RTOL)
+    want16 = ls.evaluate(model, line, data, device="cpu", precision="bfloat16", progress=False)
+    store = tmp_path / "bf16.zarr"
+    got16 = ls.evaluate(model, line, data, device="cpu", precision="bfloat16", progress=False, out=store)
+    np.testing.assert_allclose(got16.loss.values, want16.loss.values, rtol=RTOL)
+    assert got16.attrs["precision"] == "bfloat16"
+    with pytest.raises(LandscapeError, match="precision"):  # other values: another fingerprint
+        ls.evaluate(model, line, data, device="cpu", progress=False, out=store)
+
+
 def test_bad_arguments_are_named(tiny) -> None:
     model, a, b, data = tiny
     with pytest.raises(LandscapeError, match=r"evaluate\(client=...\): expected a distributed.Client"):

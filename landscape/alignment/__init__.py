@@ -7,7 +7,9 @@ network's units that best matches another's, using the symmetry groups that
 :func:`landscape.symmetry.symmetry_graph` finds by tracing the model, so it works on any
 traceable model without a hand-written description. :func:`repair` corrects the activation
 statistics of interpolated networks (``interpolate(..., correct=repair(...))``), and
-:func:`fuse` averages aligned networks.
+:func:`fuse` averages aligned networks. :func:`neuron_interpolation` fuses by fitting each layer
+to clusters of the parents' neurons, and :func:`zipit` merges features within and across
+networks, optionally only up to a layer (a multi-head network).
 
 Examples
 --------
@@ -20,6 +22,29 @@ Examples
 
 from landscape.alignment.alignment import METHODS, Alignment, align
 from landscape.alignment.fusion import fuse
+from landscape.alignment.neuron_interpolation import (
+    ATTRIBUTIONS,
+    neuron_attribution,
+    neuron_interpolation,
+    weighted_kmeans,
+)
 from landscape.alignment.repair import Repair, correct_statistics, repair
+from landscape.alignment.zipit import Zipped, ZippedModel, match_features, zipit
 
-__all__ = ["METHODS", "Alignment", "Repair", "align", "correct_statistics", "fuse", "repair"]
+__all__ = [
+    "ATTRIBUTIONS",
+    "METHODS",
+    "Alignment",
+    "Repair",
+    "Zipped",
+    "ZippedModel",
+    "align",
+    "correct_statistics",
+    "fuse",
+    "match_features",
+    "neuron_attribution",
+    "neuron_interpolation",
+    "repair",
+    "weighted_kmeans",
+    "zipit",
+]

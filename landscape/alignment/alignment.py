@@ -23,6 +23,7 @@ from landscape.core.errors import StateMismatchError, bad_argument
 from landscape.core.io import checkpoint_record, provenance_attrs
 from landscape.core.progress import progress_bar
 from landscape.core.state import State, as_state, check_compatible
+from landscape.core.validate import check_finite_state
 from landscape.symmetry import Fixed, Permutation, SoftMap, SymmetryGraph, Transform, example_input_for, symmetry_graph
 from landscape.symmetry.graph import apply_maps
 from landscape.symmetry.layout import atoms
@@ -326,6 +327,8 @@ def align(
         )
     ref = load(reference, function="align", argument="reference")
     oth = load(other, function="align", argument="other")
+    check_finite_state(ref, function="align", argument="reference")  # scipy's assignment fails on NaN
+    check_finite_state(oth, function="align", argument="other")
     check_compatible(model.state_dict(), ref, function="align", names=("model", "reference"))
     graph = build_graph(model, graph, example_input, data, function="align")
     graph.sizes_of(ref, function="align", argument="reference")  # the graph fits the reference

@@ -119,7 +119,8 @@ def fuse(
     method
         How each parent is aligned to the anchor: ``"ot"`` (exact transport, Singh & Jaggi
         2020; a permutation between equal widths), ``"sinkhorn"``, ``"weights"`` or
-        ``"activations"`` (see :func:`align`).
+        ``"activations"`` (see :func:`align`); or ``"neuron_interpolation"`` and ``"zipit"``,
+        which fuse by other means (see :func:`neuron_interpolation` and :func:`zipit`).
     anchor
         Index of the parent the others are aligned to.
     target_widths
@@ -166,8 +167,17 @@ def fuse(
         raise bad_argument(
             "fuse", "states", expected="a list of at least two states, modules or checkpoint paths", found=states
         )
+    if method in ("neuron_interpolation", "zipit"):  # fusion families with their own modules
+        from landscape.alignment import neuron_interpolation, zipit
+
+        options = {"weights": weights, "graph": graph, "n_examples": n_examples, "batch_size": batch_size}
+        if method == "zipit":
+            return zipit(model, states, data, **options, progress=progress).state
+        return neuron_interpolation(model, states, data, **options, seed=seed, progress=progress)
     if method not in METHODS:
-        raise bad_argument("fuse", "method", expected=f"one of {METHODS}", found=repr(method))
+        raise bad_argument(
+            "fuse", "method", expected=f"one of {(*METHODS, 'neuron_interpolation', 'zipit')}", found=repr(method)
+        )
     if not isinstance(anchor, int) or not 0 <= anchor < len(states):
         raise bad_argument("fuse", "anchor", expected=f"an index between 0 and {len(states) - 1}", found=repr(anchor))
     parents = [load(s, function="fuse", argument=f"states[{i}]") for i, s in enumerate(states)]

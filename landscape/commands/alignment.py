@@ -19,12 +19,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     align.add_argument("a", help="reference checkpoint")
     align.add_argument("b", help="checkpoint to align to A")
     align.add_argument("--model", default=None, help="model spec (default: the one stored in the checkpoint)")
-    align.add_argument("--method", default="weights", choices=METHODS)
-    align.add_argument("--on", default=None, choices=("weights", "activations"), help="what ot/sinkhorn compare")
+    align.add_argument(
+        "--method",
+        default="weights",
+        choices=METHODS,
+        help="weight matching, activation matching, exact or entropic (Sinkhorn) optimal transport",
+    )
+    align.add_argument(
+        "--on",
+        default=None,
+        choices=("weights", "activations"),
+        help="what ot/sinkhorn compare (default: weights)",
+    )
     align.add_argument("--reg", type=float, default=0.01, help="sinkhorn regularisation (relative to the mean cost)")
-    align.add_argument("--marginals", default="uniform", choices=("uniform", "importance"))
+    align.add_argument(
+        "--marginals",
+        default="uniform",
+        choices=("uniform", "importance"),
+        help="mass of each unit in optimal transport: equal, or by the norm of its weights or activations",
+    )
     align.add_argument("--seed", type=int, default=0, help="seed of the order the groups are visited in")
-    align.add_argument("--max-iter", type=int, default=100)
+    align.add_argument("--max-iter", type=int, default=100, help="most rounds of coordinate descent")
     add_data_options(align)
     align.add_argument(
         "--curves",
@@ -45,12 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fuse.add_argument("checkpoints", nargs="+", help="two or more checkpoints of one architecture")
     fuse.add_argument("--model", default=None, help="model spec (default: the one stored in the checkpoints)")
-    fuse.add_argument("--method", default="ot", choices=METHODS)
+    fuse.add_argument("--method", default="ot", choices=METHODS, help="how the checkpoints are aligned to the anchor")
     fuse.add_argument("--anchor", type=int, default=0, help="index of the checkpoint the others are aligned to")
     fuse.add_argument("--target-width", type=int, default=None, help="fuse into this many units per group")
     fuse.add_argument("--repair", action="store_true", help="correct the fused statistics (needs --data)")
-    fuse.add_argument("--reg", type=float, default=0.01)
-    fuse.add_argument("--seed", type=int, default=0)
+    fuse.add_argument("--reg", type=float, default=0.01, help="sinkhorn regularisation (relative to the mean cost)")
+    fuse.add_argument("--seed", type=int, default=0, help="seed of the order the groups are visited in")
     add_data_options(fuse)
     fuse.add_argument("--evaluate", action="store_true", help="print test accuracy of parents, averages and ensemble")
     fuse.add_argument("--out", required=True, help="output .safetensors for the fused model")
@@ -122,8 +137,8 @@ def run_fuse(args: argparse.Namespace) -> int:
 
     import landscape as ls
     from landscape.alignment import fuse
+    from landscape.core import model_output_logits, run_points
     from landscape.core.errors import LandscapeError, bad_argument
-    from landscape.core.metrics import model_output_logits
     from landscape.core.state import lerp
     from landscape.models import from_spec, spec_of
 
@@ -164,26 +179,25 @@ def run_fuse(args: argparse.Namespace) -> int:
         fused, path, model=out_model, metadata={"model_spec": spec_of(out_model), "fused_from": args.checkpoints}
     )
     if args.evaluate:
-        x, y = data.test
-
-        def accuracy(m: torch.nn.Module, state) -> float:
-            with torch.no_grad():
-                logits = model_output_logits(torch.func.functional_call(m, dict(state), (x,)))
-            return float((logits.argmax(-1) == y).float().mean())
-
-        rows = [(f"parent {i}", accuracy(model, s)) for i, s in enumerate(states)]
-        average = states[0]
-        for i, s in enumerate(states[1:], start=2):
-            average = lerp(average, s, 1.0 / i)
+        test = data.test
+        named = {f"parent {i}": s for i, s in enumerate(states)}
         if target_model is None:
-            rows.append(("vanilla average", accuracy(model, average)))
-        rows.append((f"fused ({args.method}{', repair' if args.repair else ''})", accuracy(out_model, fused)))
-        with torch.no_grad():
-            probs = sum(
-                torch.softmax(model_output_logits(torch.func.functional_call(model, dict(s), (x,))), -1) for s in states
-            )
+            average = states[0]
+            for i, s in enumerate(states[1:], start=2):
+                average = lerp(average, s, 1.0 / i)
+            named["vanilla average"] = average
+        accuracy = ls.evaluate(model, named, test, metrics="accuracy", progress=False).accuracy
+        rows = [(str(name), float(acc)) for name, acc in zip(accuracy.point.values, accuracy.values)]
+        fused_accuracy = ls.evaluate(out_model, [fused], test, metrics="accuracy", progress=False).accuracy
+        rows.append((f"fused ({args.method}{', repair' if args.repair else ''})", float(fused_accuracy[0])))
+        # The ensemble averages the parents' probabilities example by example.
+        x, y = test
+        probs = torch.zeros(len(y), int(model_output_logits(model(x[:1])).shape[-1]))
+        for out in run_points(model, states, x):
+            probs[out.rows] += torch.softmax(out.logits[0].float(), -1).cpu()
         rows.append(("ensemble", float((probs.argmax(-1) == y).float().mean())))
+        print(f"{'':32s} test accuracy (%)")
         for name, acc in rows:
-            print(f"{name:32s} test accuracy {acc:.4f}")
+            print(f"{name:32s} {100 * acc:17.2f}")
     print(f"wrote {path}")
     return 0

@@ -7,8 +7,10 @@ import json
 import os
 from pathlib import Path
 
-from landscape.commands.common import add_run_options, output_path
-from landscape.core.errors import bad_argument
+from landscape.commands.common import add_run_options, bad_argument, output_path
+
+# Under LANDSCAPE_TINY=1 (see landscape.cli): a random two-layer model and a handful of texts.
+TINY = {"model": "tiny", "n": 32, "top_k": 1, "max_new_tokens": 4, "n_prompts": 2, "n_reference": 4}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,31 +28,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--concept", default="sentiment", help="sentiment, humor, or a JSONL file of {prompt, completion, label}"
     )
-    fit.add_argument("--n", type=int, default=256, help="examples of a named concept (default: %(default)s)")
+    fit.add_argument("--n", type=int, default=256, help="examples of a named concept")
     fit.add_argument("--seed", type=int, default=0, help="seed of the examples and of the validation split")
-    fit.add_argument("--kind", default="mean_diff", choices=("mean_diff", "logistic", "pca"))
-    fit.add_argument("--site", default="residual", choices=("residual", "pre_attn", "attn_out", "mlp_out"))
-    fit.add_argument("--read", default="last", choices=("last", "mean", "tokens"))
-    fit.add_argument("--n-tokens", type=int, default=16, help="completion tokens read by --read mean/tokens")
-    fit.add_argument("--layers", default="all", help="'all' or comma-separated layer indices")
     fit.add_argument(
-        "--val-fraction", type=float, default=0.25, help="share of prompts held out (default: %(default)s)"
+        "--kind",
+        default="mean_diff",
+        choices=("mean_diff", "logistic", "pca"),
+        help="probe: difference of class means, logistic regression, or PCA of paired differences",
     )
+    fit.add_argument(
+        "--site",
+        default="pre_attn",
+        choices=("residual", "pre_attn", "attn_out", "mlp_out"),
+        help="where in each layer the hidden state is read (pre_attn as in the paper's code; "
+        "'residual' for control-vector export)",
+    )
+    fit.add_argument(
+        "--read",
+        default="last",
+        choices=("last", "mean", "tokens"),
+        help="the completion's last token, the mean over its first --n-tokens, or each of them",
+    )
+    fit.add_argument("--n-tokens", type=int, default=16, help="completion tokens read by --read mean/tokens")
+    fit.add_argument("--layers", default="all", help="'all' or comma-separated layer indices ('final': the final norm)")
+    fit.add_argument("--val-fraction", type=float, default=0.25, help="share of prompts held out for validation")
     fit.add_argument("--out", required=True, help="output .safetensors file")
     fit.add_argument("--accuracy-out", default=None, help="also write the accuracy per layer to this netCDF file")
     add_run_options(fit)
-    fit.set_defaults(handler=run_fit)
+    fit.set_defaults(handler=run_fit, tiny=TINY)
 
     guide = sub.add_parser("guide", help="generate with and without guidance")
     _model_options(guide)
     guide.add_argument("prompts", nargs="+", help="prompts to complete")
     guide.add_argument("--probe", required=True, help="probe file written by `landscape concepts fit`")
-    guide.add_argument("--alpha", type=float, required=True, help="strength (x mean activation norm unless --absolute)")
+    guide.add_argument(
+        "--alpha", type=float, default=None, help="strength (x mean activation norm unless --absolute); not for ablate"
+    )
     _guide_options(guide)
-    guide.add_argument("--max-new-tokens", type=int, default=48)
+    guide.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per prompt")
     guide.add_argument("--no-compare", action="store_true", help="do not print the unguided completion")
     add_run_options(guide)
-    guide.set_defaults(handler=run_guide)
+    guide.set_defaults(handler=run_guide, tiny=TINY)
 
     curve = sub.add_parser("curve", help="effect and perplexity over guidance strengths, and PNES")
     _model_options(curve)
@@ -58,24 +76,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     curve.add_argument(
         "--alphas",
         default="-0.2,-0.1,-0.05,-0.025,0,0.025,0.05,0.1,0.2",
-        help="comma-separated strengths; write --alphas=-0.1,0,0.1 when the first is negative (default: %(default)s)",
+        help="comma-separated strengths; write --alphas=-0.1,0,0.1 when the first is negative",
     )
     curve.add_argument("--prompts", default=None, help="file of prompts, one per line (default: the concept's prompts)")
-    curve.add_argument("--n-prompts", type=int, default=20, help="prompts used (default: %(default)s)")
+    curve.add_argument("--n-prompts", type=int, default=20, help="prompts used")
     curve.add_argument(
         "--scorer", default=None, choices=("vader", "probe"), help="default: vader for sentiment, else probe"
     )
     curve.add_argument("--reference", default=None, help="JSONL or text file of neutral reference texts for perplexity")
-    curve.add_argument(
-        "--n-reference", type=int, default=32, help="built-in neutral reference texts (default: %(default)s)"
-    )
-    curve.add_argument("--max-new-tokens", type=int, default=32)
+    curve.add_argument("--n-reference", type=int, default=32, help="built-in neutral reference texts")
+    curve.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt")
     _guide_options(curve)
     curve.add_argument("--out", required=True, help="output netCDF file")
     curve.add_argument("--plot", default=None, help="also draw the curve and the PNES fit to this image")
     curve.add_argument("--resume", default=None, help="folder that keeps finished alphas, to resume a long run")
     add_run_options(curve)
-    curve.set_defaults(handler=run_curve)
+    curve.set_defaults(handler=run_curve, tiny={**TINY, "alphas": "-0.1,0,0.1"})
+
+    _register_export(sub)
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser("export", help="write a probe as a llama.cpp control vector (GGUF)")
+    export.add_argument("--probe", required=True, help="probe file fit at --site residual")
+    export.add_argument("--alpha", type=float, default=1.0, help="strength, as for guide (default: %(default)s)")
+    export.add_argument("--layers", default=None, help="comma-separated layers >= 1 (default: top-k)")
+    export.add_argument("--top-k", type=int, default=None, help="number of best layers (default: half)")
+    export.add_argument("--absolute", action="store_true", help="alpha is absolute, not x mean activation norm")
+    export.add_argument("--model-hint", default=None, help="controlvector.model_hint (default: the probe's model type)")
+    export.add_argument("--out", required=True, help="output .gguf file (llama-cli --control-vector FILE)")
+    export.set_defaults(handler=run_export, tiny={**TINY, "layers": 1})
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from landscape.concepts import export_control_vector, load_control_vector, load_probe
+
+    probe = load_probe(args.probe)
+    path = export_control_vector(
+        probe,
+        output_path(args.out),
+        alpha=args.alpha,
+        layers=_layers(args.layers),
+        top_k=args.top_k,
+        relative=not args.absolute,
+        model_hint=args.model_hint,
+    )
+    vector = load_control_vector(path)
+    print(f"wrote {path}: layers {vector.layers}, width {vector.hidden_size}, model hint {vector.model_hint!r}")
+    return 0
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +133,13 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="save_pretrained directory, .gguf file, 'tiny' (random, for trying things) or default SmolLM2-135M-Instruct",
     )
     parser.add_argument(
-        "--cache", default=os.environ.get("LANDSCAPE_LM_CACHE"), help="folder keeping a dequantised GGUF"
+        "--cache",
+        default=os.environ.get("LANDSCAPE_LM_CACHE"),
+        help="folder keeping a dequantised GGUF, so reloads are fast (default: $LANDSCAPE_LM_CACHE)",
+    )
+    parser.add_argument("--dtype", default=None, help="weights' dtype, e.g. bfloat16 (default: float32)")
+    parser.add_argument(
+        "--device-map", default=None, help="accelerate device map, e.g. 'auto' to spread a large model over devices"
     )
 
 
@@ -95,15 +149,23 @@ def _guide_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--absolute", action="store_true", help="alpha is absolute, not x mean activation norm")
     parser.add_argument("--no-preserve-norm", action="store_true", help="do not rescale to the original norm")
     parser.add_argument(
-        "--positions", default="all", choices=("all", "new"), help="steer every position or only new ones"
+        "--positions",
+        default="all",
+        help="'all', 'new' (last prompt token and generated ones), or comma-separated token indices",
+    )
+    parser.add_argument(
+        "--operation",
+        default="add",
+        choices=("add", "ablate", "ablate_then_add"),
+        help="add the direction, project it out, or both (default: %(default)s)",
     )
 
 
-def _layers(text: str | None) -> list[int] | str | None:
-    if text is None or text == "all":
+def _layers(text: str | None) -> list[int | str] | str | None:
+    if text is None or text in ("all", "final"):
         return text
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [part.strip() if part.strip() == "final" else int(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
         raise bad_argument(
             "landscape concepts", "--layers", expected="'all' or integers like 20,21,22", found=repr(text)
@@ -120,8 +182,8 @@ def _floats(text: str, option: str) -> list[float]:
 def _load(args: argparse.Namespace):
     from landscape.concepts import load_lm
 
-    device = None if args.device == "auto" else args.device
-    return load_lm(args.model, device=device, cache=args.cache)
+    device_map = args.device_map
+    return load_lm(args.model, device=args.device, dtype=args.dtype, device_map=device_map, cache=args.cache)
 
 
 def _guide_kwargs(args: argparse.Namespace) -> dict:
@@ -130,8 +192,20 @@ def _guide_kwargs(args: argparse.Namespace) -> dict:
         "top_k": args.top_k,
         "relative": not args.absolute,
         "preserve_norm": not args.no_preserve_norm,
-        "positions": args.positions,
+        "positions": _positions(args.positions),
+        "operation": args.operation,
     }
+
+
+def _positions(text: str) -> str | list[int]:
+    if text in ("all", "new"):
+        return text
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise bad_argument(
+            "landscape concepts", "--positions", expected="'all', 'new' or token indices like 0,1,2", found=repr(text)
+        ) from err
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -180,7 +254,8 @@ def run_guide(args: argparse.Namespace) -> int:
     with guide(lm, probe, alpha=args.alpha, **_guide_kwargs(args)) as state:
         guided = generate(lm, tokenizer, args.prompts, max_new_tokens=args.max_new_tokens, batch_size=batch)
     unit = " x mean norm" if state.relative else ""
-    print(f"guidance: alpha {args.alpha:g}{unit} at layers {state.layers} ({state.site}, positions {state.positions})")
+    strength = "" if state.operation == "ablate" else f", alpha {state.alpha:g}{unit}"
+    print(f"guidance: {state.operation}{strength} at layers {state.layers} ({state.site}, positions {state.positions})")
     for i, prompt in enumerate(args.prompts):
         print(f"\n> {prompt}")
         if plain is not None:
@@ -244,7 +319,7 @@ def run_curve(args: argparse.Namespace) -> int:
         reference_texts=reference,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size or 8,
-        folder=args.resume,
+        out=args.resume,
         progress=not args.quiet,
         **_guide_kwargs(args),
     )

@@ -34,6 +34,7 @@ from landscape.core._strategies import (
     run_vmap,
 )
 from landscape.core.batchnorm import bn_buffer_keys
+from landscape.core.checkpoints import fit_to_model
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.family import AffineFamily, as_family
@@ -286,14 +287,15 @@ def run_points(
             found=model,
             fix="Build one with landscape.models.create(...) or pass your own module.",
         )
-    # Tied weights: keep one key per group, so checkpoints that store one of them (Hugging
-    # Face does) fit, and functional_call gets one value per shared tensor.
+    # Every point in the model's own layout: wrapper prefixes (DDP, torch.compile, EMA/SWA,
+    # Lightning) undone as for files, and one key per tied group (checkpoints that store one of
+    # them, as Hugging Face's do, fit; functional_call gets one value per shared tensor).
     groups = tied_groups(model)
     family = as_family(
         points,
         function=function,
         argument="points",
-        prepare=(lambda s: canonical_state(s, groups)) if groups else None,
+        prepare=lambda s: fit_to_model(s, model, function=function, argument="points"),
     )
     sources, single, data_name, data_meta = as_sources(data, function=function, argument="data")
     sources = {name: for_model(source, model) for name, source in sources.items()}

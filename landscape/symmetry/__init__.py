@@ -23,14 +23,29 @@ from landscape.symmetry.graph import (
     symmetry_graph,
 )
 from landscape.symmetry.layout import Atom, Fixed, Layout, Prod, Sum
+
+# Imported last: it builds on the names above.
+from landscape.symmetry.surgery import (
+    AFFINE_LAYERS,
+    FoldedNorm,
+    channel_statistics,
+    fold_batchnorm,
+    layout_size,
+    map_units,
+    resize_model,
+    unfold_batchnorm,
+    unit_rows,
+)
 from landscape.symmetry.trace import UnsupportedOperationError
 from landscape.symmetry.transforms import KINDS, LinearMap, Permutation, SoftMap, Transform, random_transform
 
 __all__ = [
+    "AFFINE_LAYERS",
     "KINDS",
     "Atom",
     "AxisRef",
     "Fixed",
+    "FoldedNorm",
     "Group",
     "Layout",
     "LinearMap",
@@ -44,9 +59,16 @@ __all__ = [
     "Transform",
     "UnsupportedOperationError",
     "apply",
+    "channel_statistics",
     "example_input_for",
+    "fold_batchnorm",
+    "layout_size",
+    "map_units",
     "random_transform",
+    "resize_model",
     "symmetry_graph",
+    "unfold_batchnorm",
+    "unit_rows",
 ]
 
 

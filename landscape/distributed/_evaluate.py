@@ -28,7 +28,7 @@ from landscape.core.metrics import Metric, resolve_metrics
 from landscape.core.progress import progress_bar
 from landscape.core.spec import spec_of
 from landscape.distributed._client import connected, worker_threads
-from landscape.distributed._fingerprint import describe_settings, model_structure, settings_fingerprint
+from landscape.distributed._fingerprint import evaluate_settings, settings_fingerprint
 from landscape.distributed._store import PieceStore
 from landscape.distributed._tasks import run_pieces
 
@@ -170,9 +170,11 @@ def evaluate_sharded(
         (``"tcp://host:8786"``); None runs the pieces one after another in this process.
     out
         Path of a zarr store (``"surface.zarr"``) to write the result into as it grows, and to
-        resume from. Its settings fingerprint covers the model's structure, the points, the
-        data, the metrics and the BatchNorm policy (not batch sizes, device or strategy, which
-        change no value beyond rounding); a store with another fingerprint is refused.
+        resume from. Its settings are the library's run fingerprint
+        (:func:`landscape.core.io.run_settings`): the model's architecture, the points, the
+        data, the metrics, the BatchNorm policy and the precision (not batch sizes, device or
+        strategy, which change no value beyond rounding); a store with other settings is
+        refused, naming them.
     pieces
         Number of pieces (default: 8 per worker thread with a client, 16 without, fewer when
         the leading dimension is shorter). A store keeps the pieces it was created with.
@@ -182,8 +184,8 @@ def evaluate_sharded(
     xarray.Dataset
         What :func:`landscape.evaluate` returns: one variable per metric over the point set's
         dims (``point``, ``alpha``, or ``alpha`` and ``beta``) and ``split``; ``attrs`` add
-        ``pieces`` (computed in this call, and resumed from the store), ``workers`` and
-        ``settings_fingerprint``.
+        ``pieces_computed`` and ``pieces_resumed`` (from the store), ``workers`` and, with
+        ``out=``, ``settings_fingerprint``.
 
     Examples
     --------
@@ -218,21 +220,22 @@ def evaluate_sharded(
         "precision": precision,
         "points_per_chunk": points_per_chunk,
     }
-    settings = describe_settings(
-        {
-            "function": function,
-            "model": model_structure(model),
-            "points": family,
-            "data": sources,
-            "single": single,
-            "metrics": resolve_metrics(metrics, function=function),
-            "bn": bn,
-            "bn_batch_size": bn_batch_size if bn == "reset" else None,
-            "bn_data": bn_data if bn == "reset" else None,
-            "precision": precision,
-        }
+    # The settings are fingerprinted only for a store: fingerprinting reads all the data.
+    settings = (
+        evaluate_settings(
+            model,
+            family,
+            data,
+            metrics=resolve_metrics(metrics, function=function),
+            bn=bn,
+            bn_data=bn_data,
+            bn_batch_size=bn_batch_size,
+            precision=precision,
+        )
+        if out is not None
+        else None
     )
-    fingerprint = settings_fingerprint(settings)
+    fingerprint = settings_fingerprint(settings) if settings is not None else None
     leading = family.dims[0]
     inner = len(family) // family.shape[0]
     with connected(client, function=function) as dask_client:
@@ -292,7 +295,7 @@ def _store_attrs(
     )
 
 
-def _run_attrs(seen: list[dict], fingerprint: str, *, computed: int, total: int, workers: int) -> dict:
+def _run_attrs(seen: list[dict], fingerprint: str | None, *, computed: int, total: int, workers: int) -> dict:
     """Attributes of the pieces computed in this call, merged: values that differ between
     pieces (the device of each worker, a strategy) are joined with commas."""
     merged: dict[str, object] = {}
@@ -300,8 +303,9 @@ def _run_attrs(seen: list[dict], fingerprint: str, *, computed: int, total: int,
         values = list(dict.fromkeys(str(a[key]) for a in seen if key in a))
         merged[key] = seen[0][key] if len(values) == 1 else ", ".join(values)
     merged.pop("created", None)
+    if fingerprint is not None:
+        merged["settings_fingerprint"] = fingerprint
     merged.update(
-        settings_fingerprint=fingerprint,
         pieces_computed=computed,
         pieces_resumed=total - computed,
         workers=workers,

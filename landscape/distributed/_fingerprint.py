@@ -1,9 +1,10 @@
-"""The settings fingerprint that decides whether a run may resume from what is on disk.
+"""The settings that decide whether a distributed run may resume from what is on disk.
 
-This is the one place that computes it, so that the library-wide fingerprint planned for
-``landscape.core.io`` (issue 12) can replace it here without touching the callers: swap the
-body of :func:`settings_fingerprint` (and :func:`describe_settings`, which gives the readable
-form stored next to it so that a refusal can name what changed).
+They are the library's one run fingerprint, :func:`landscape.core.io.run_settings` (with
+:func:`~landscape.core.io.data_fingerprint` and :func:`~landscape.core.io.model_fingerprint`
+for what it does not take directly): the same record :class:`~landscape.core.io.ResumableRun`
+compares for every other resumable function. A zarr store keeps the record and its sha256
+(:func:`settings_fingerprint`), so that a refusal can name what changed.
 """
 
 from __future__ import annotations
@@ -11,107 +12,106 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from landscape.core._sources import Source
-from landscape.core.data import Splits
+from landscape.core.errors import LandscapeError, bad_argument
 from landscape.core.family import AffineFamily
-from landscape.core.io import library_version
-from landscape.core.spec import spec_of
-from landscape.core.state import content_hash
+from landscape.core.io import data_fingerprint, model_fingerprint, run_settings
+from landscape.core.metrics import Metric
 
-__all__ = ["describe_settings", "model_structure", "settings_fingerprint"]
-
-# Lists longer than this are described by a hash (the description is stored with each result).
-LONG = 64
+__all__ = ["evaluate_settings", "settings_fingerprint", "sweep_settings"]
 
 
-def _array_hash(array: np.ndarray | Tensor) -> str:
-    if isinstance(array, Tensor):
-        array = array.detach().cpu().contiguous()
-        dtype, shape = str(array.dtype), tuple(array.shape)
-        raw = array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b""
-    else:
-        array = np.ascontiguousarray(array)
-        dtype, shape = str(array.dtype), array.shape
-        raw = array.tobytes() if array.dtype != object else json.dumps(array.tolist(), default=str).encode()
-    h = hashlib.sha256(f"{dtype}|{shape}|".encode())
-    h.update(raw)
-    return h.hexdigest()
+def _named(function: object) -> str:
+    """A function by its importable name (its address would change with every process)."""
+    module = getattr(function, "__module__", "?")
+    return f"{module}.{getattr(function, '__qualname__', type(function).__qualname__)}"
 
 
-def model_structure(model: nn.Module) -> object:
-    """What identifies a model's architecture: its zoo spec, else its class and module tree
-    (the printed module, whose layer sizes and order change with the architecture)."""
-    spec = spec_of(model)
-    if spec is not None:
-        return spec
-    cls = type(model)
-    return {
-        "class": f"{cls.__module__}.{cls.__qualname__}",
-        "modules": hashlib.sha256(repr(model).encode()).hexdigest(),
-    }
+def evaluate_settings(
+    model: nn.Module,
+    family: AffineFamily,
+    data: object,
+    *,
+    metrics: Mapping[str, Metric],
+    bn: str,
+    bn_data: object,
+    bn_batch_size: int,
+    precision: str,
+) -> dict[str, object]:
+    """The run settings of ``evaluate(model, family, data, ...)``: the model's architecture,
+    the family's basis states (by content hash), weights and coordinates, the data, the
+    metrics (by name), the BatchNorm policy and the precision. Batch sizes, device and
+    strategy change values only by rounding and are left out, so a store resumes on another
+    machine."""
+    reset = bn == "reset"
+    return run_settings(
+        "evaluate",
+        model=model,
+        states={f"basis-{i}": state for i, state in enumerate(family.basis)},
+        data=data,
+        options={
+            "points": {
+                "dims": list(family.dims),
+                "weights": data_fingerprint(family.weights),
+                "coords": data_fingerprint({d: np.asarray(c) for d, c in family.coords.items()}),
+            },
+            "metrics": {name: _named(metric) for name, metric in metrics.items()},
+            "bn": bn,
+            "bn_data": data_fingerprint(bn_data) if reset and bn_data is not None else None,
+            "bn_batch_size": bn_batch_size if reset else None,
+            "precision": precision,
+        },
+    )
 
 
-def _describe_source(source: Source) -> object:
-    """One split as the engine reads it: tensors in memory and token sequences by content; a
-    DataLoader too large to hold in memory (streamed) only by its type and size."""
-    if hasattr(source, "args"):
-        return {
-            "args": [describe_settings(a) for a in source.args],
-            "kwargs": {k: describe_settings(v) for k, v in source.kwargs.items()},
-            "targets": describe_settings(source.targets),
-        }
-    if hasattr(source, "sequences"):
-        return {"sequences": describe_settings(list(source.sequences)), "pad_id": source.pad_id}
-    return {"streamed": type(source).__name__, "size": getattr(source, "size", None)}
-
-
-def describe_settings(value: object) -> object:
-    """A JSON-able description of ``value`` in which every tensor, array, state, dataset and
-    point family is replaced by content hashes, and functions by their qualified names."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, (Tensor, np.ndarray)):
-        return {"sha256": _array_hash(value)}
-    if isinstance(value, AffineFamily):
-        return {
-            "basis": [content_hash(s) for s in value.basis],
-            "weights": _array_hash(value.weights),
-            "dims": list(value.dims),
-            "coords": {d: _array_hash(np.asarray(c)) for d, c in value.coords.items()},
-        }
-    if isinstance(value, Source):
-        return _describe_source(value)
-    if isinstance(value, Splits):
-        return {
-            "name": value.name,
-            "num_classes": value.num_classes,
-            "splits": {k: [_array_hash(x), _array_hash(y)] for k, (x, y) in value.splits.items()},
-        }
+def _shared_value(name: str, value: object) -> object:
     if isinstance(value, nn.Module):
-        return {"model": model_structure(value), "state": content_hash(value.state_dict())}
-    if isinstance(value, Mapping):
-        if value and all(isinstance(v, Tensor) for v in value.values()):
-            return {"state": content_hash(value)}
-        return {str(k): describe_settings(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, range)):
-        if len(value) > LONG:  # token sequences and the like: their hash, not their text
-            return {"sha256": hashlib.sha256(json.dumps(list(value), default=str).encode()).hexdigest()}
-        return [describe_settings(v) for v in value]
+        return model_fingerprint(value, weights=True)
     if callable(value):
-        return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
-    return f"{type(value).__qualname__}: {value}"
+        return _named(value)
+    try:
+        return data_fingerprint(value)
+    except LandscapeError as err:
+        raise bad_argument(
+            "sweep",
+            "shared",
+            expected="values a resumable run can fingerprint: models, functions, tensors, arrays, "
+            "states, datasets, numbers, strings, and lists and dicts of them",
+            found=f"shared[{name!r}], a {type(value).__name__}",
+            fix="Pass it in a form above, or leave out out= (a sweep without a folder does not resume).",
+        ) from err
+
+
+def sweep_settings(function: object, grid: Mapping[str, list[Any]], shared: Mapping[str, object]) -> dict[str, object]:
+    """The run settings of a sweep: the function by name, the grid, and every shared value
+    (a model by its architecture and weights, a function by name, anything else by the
+    content hash of :func:`~landscape.core.io.data_fingerprint`)."""
+    return run_settings(
+        "sweep",
+        options={
+            "function": _named(function),
+            "grid": grid,
+            "shared": {str(k): _shared_value(str(k), v) for k, v in shared.items()},
+        },
+    )
 
 
 def settings_fingerprint(settings: Mapping[str, object]) -> str:
-    """sha256 of everything that changes a run's results (the ``settings``, described by
-    :func:`describe_settings`) and of the library version: two runs with the same
-    fingerprint may share their finished pieces."""
-    described = {"settings": describe_settings(settings), "landscape_version": library_version()}
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+    """sha256 of a run's settings (the record of :func:`landscape.core.io.run_settings`): two
+    runs with the same fingerprint may share their finished pieces.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from landscape.core.io import run_settings
+    >>> a = run_settings("demo", data=(torch.zeros(2, 3),), options={"lr": 0.1})
+    >>> b = run_settings("demo", data=(torch.zeros(2, 3),), options={"lr": 0.2})
+    >>> settings_fingerprint(a) == settings_fingerprint(dict(a)), settings_fingerprint(a) == settings_fingerprint(b)
+    (True, False)
+    """
+    text = json.dumps(dict(settings), default=str, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -139,11 +139,21 @@ def _differences(stored: object, settings: Mapping[str, object]) -> str:
         previous = json.loads(str(stored))
     except (TypeError, ValueError):
         return "the store records no readable settings"
-    now = json.loads(json.dumps(settings, sort_keys=True))
+    previous, now = _flat(previous), _flat(json.loads(json.dumps(settings, sort_keys=True)))
     differ = sorted(k for k in set(previous) | set(now) if previous.get(k) != now.get(k))
     if not differ:
-        return "the library version differs"
+        return "the stored record is written in another form"
     return "; ".join(f"{k}: {_short(previous.get(k))} there, {_short(now.get(k))} now" for k in differ)
+
+
+def _flat(settings: object, prefix: str = "") -> dict[str, object]:
+    """Nested settings as ``{"options.points.dims": ...}``, so that a refusal names the leaf."""
+    if not isinstance(settings, Mapping) or not settings:
+        return {prefix.rstrip("."): settings}
+    out: dict[str, object] = {}
+    for key, value in settings.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
 
 
 def _short(value: object) -> str:

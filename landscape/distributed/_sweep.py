@@ -12,10 +12,10 @@ import xarray as xr
 
 from landscape.core.data import batch_slices
 from landscape.core.errors import bad_argument, describe
-from landscape.core.io import ResumableRun, to_json
+from landscape.core.io import open_run, to_json
 from landscape.core.progress import progress_bar
 from landscape.distributed._client import connected
-from landscape.distributed._fingerprint import describe_settings, settings_fingerprint
+from landscape.distributed._fingerprint import sweep_settings
 from landscape.distributed._tasks import run_pieces
 
 __all__ = ["sweep"]
@@ -142,33 +142,29 @@ def sweep(
     cells = [{name: axes[name][i] for name, i in zip(axes, index)} for index in indices]
     names = ["cell-" + "-".join(map(str, index)) for index in indices]
     name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(function).__qualname__)}"
-    settings = describe_settings({"function": function, "grid": axes, "shared": shared})
-    run = None
-    if out is not None:
-        run = ResumableRun(
-            out, {**settings, "fingerprint": settings_fingerprint(settings)}, function="sweep", argument="out"
-        )
-    todo = [i for i in range(len(cells)) if run is None or not run.done(names[i])]
+    settings = sweep_settings(function, axes, shared) if out is not None else None
     results: dict[int, xr.Dataset] = {}
-    with connected(client, function="sweep") as dask_client:
-        with progress_bar(total=len(cells), desc="sweep", unit="cell", disable=not progress) as bar:
-            bar.update(len(cells) - len(todo))
-            for i, result in run_pieces(
-                dask_client,
-                kind="sweep",
-                payload=(function, shared),
-                prepare=_unchanged,
-                task=_call_cell,
-                items=[(i, cells[i]) for i in todo],
-            ):
-                results[i] = _as_dataset(result, cells[i], function)
-                if run is not None:
-                    run.save(names[i], results[i])
-                bar.update(1)
-        workers = len(dask_client.nthreads()) if dask_client is not None else 0
-    for i in range(len(cells)):
-        if i not in results:
-            results[i] = run.load(names[i])
+    with open_run(out, settings, function="sweep") as run:
+        todo = [i for i in range(len(cells)) if run is None or not run.done(names[i])]
+        with connected(client, function="sweep") as dask_client:
+            with progress_bar(total=len(cells), desc="sweep", unit="cell", disable=not progress) as bar:
+                bar.update(len(cells) - len(todo))
+                for i, result in run_pieces(
+                    dask_client,
+                    kind="sweep",
+                    payload=(function, shared),
+                    prepare=_unchanged,
+                    task=_call_cell,
+                    items=[(i, cells[i]) for i in todo],
+                ):
+                    results[i] = _as_dataset(result, cells[i], function)
+                    if run is not None:
+                        run.save(names[i], results[i])
+                    bar.update(1)
+            workers = len(dask_client.nthreads()) if dask_client is not None else 0
+        for i in range(len(cells)):
+            if i not in results:
+                results[i] = run.load(names[i])
     nested: Any = [results[i] for i in range(len(cells))]
     for size in reversed([len(v) for v in axes.values()][1:]):
         nested = [nested[rows] for rows in batch_slices(len(nested), size)]

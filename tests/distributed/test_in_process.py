@@ -15,7 +15,9 @@ import landscape as ls
 from landscape import connectivity
 from landscape.cli import main
 from landscape.core.errors import LandscapeError
+from landscape.core.metrics import resolve_metrics
 from landscape.distributed import evaluate_sharded, local_cluster, settings_fingerprint, sweep
+from landscape.distributed._fingerprint import evaluate_settings
 
 RTOL = 1e-6  # the same code evaluates each point; only float64 sums may be added in another order
 
@@ -62,7 +64,8 @@ def test_a_store_with_other_settings_is_refused_by_name(tiny, tmp_path) -> None:
     model, a, _, data = tiny
     store = tmp_path / "surface.zarr"
     connectivity.random_plane(model, a, data, resolution=4, seed=0, device="cpu", progress=False, out=store)
-    with pytest.raises(LandscapeError, match=r"evaluate\(out=...\).*points: .* there, .* now"):
+    # Another seed: other directions, so the family's basis differs (named leaf by leaf).
+    with pytest.raises(LandscapeError, match=r"evaluate\(out=...\).*states\.basis-1: .* there, .* now"):
         connectivity.random_plane(model, a, data, resolution=4, seed=1, device="cpu", progress=False, out=store)
     with pytest.raises(LandscapeError, match=r"data: "):
         connectivity.random_plane(
@@ -137,26 +140,28 @@ def test_bad_arguments_are_named(tiny) -> None:
 
 
 def test_settings_fingerprint_follows_contents_not_identity(tiny) -> None:
-    _, a, b, data = tiny
-    same = {"points": ls.AffineFamily.line(a, b, 5), "data": data, "bn": "keep", "metrics": ["loss"]}
-    copy = {
-        "points": ls.AffineFamily.line({k: v.clone() for k, v in a.items()}, b, 5),
-        "data": ls.datasets.mnist1d(n_train=120, n_test=60),
-        "bn": "keep",
-        "metrics": ["loss"],
-    }
-    assert settings_fingerprint(same) == settings_fingerprint(copy)
+    model, a, b, data = tiny
+
+    def fingerprint(points, data, *, bn="keep", metrics=("loss",), precision="float32") -> str:
+        resolved = resolve_metrics(metrics)
+        settings = evaluate_settings(
+            model, points, data, metrics=resolved, bn=bn, bn_data=None, bn_batch_size=1024, precision=precision
+        )
+        return settings_fingerprint(settings)
+
+    same = fingerprint(ls.AffineFamily.line(a, b, 5), data)
+    copy = ls.AffineFamily.line({k: v.clone() for k, v in a.items()}, b, 5)
+    assert fingerprint(copy, ls.datasets.mnist1d(n_train=120, n_test=60)) == same
     moved = {k: v.clone() for k, v in a.items()}
     key = next(iter(moved))
     moved[key].view(-1)[0] += 1e-3
-    for change in (
-        {"points": ls.AffineFamily.line(moved, b, 5)},
-        {"points": ls.AffineFamily.line(a, b, 6)},
-        {"data": data.subset(100)},
-        {"bn": "reset"},
-        {"metrics": ["loss", "accuracy"]},
-    ):
-        assert settings_fingerprint({**same, **change}) != settings_fingerprint(same), change
+    line = ls.AffineFamily.line(a, b, 5)
+    assert fingerprint(ls.AffineFamily.line(moved, b, 5), data) != same
+    assert fingerprint(ls.AffineFamily.line(a, b, 6), data) != same
+    assert fingerprint(line, data.subset(100)) != same
+    assert fingerprint(line, data, bn="reset") != same
+    assert fingerprint(line, data, metrics=("loss", "accuracy")) != same
+    assert fingerprint(line, data, precision="bfloat16") != same
 
 
 def _cell(seed: int, width: int, data, scale: float = 1.0) -> xr.Dataset:
@@ -181,6 +186,8 @@ def test_sweep_in_process_equals_direct_calls_and_resumes(tiny, tmp_path) -> Non
     xr.testing.assert_allclose(again.loss, got.loss)
     with pytest.raises(LandscapeError, match=r"sweep\(out=...\).*shared"):
         sweep(_cell, grid, shared={"data": data, "scale": 2.0}, out=tmp_path / "sweep", progress=False)
+    with pytest.raises(LandscapeError, match=r"sweep\(shared=...\).*shared\['thing'\], a object"):
+        sweep(_cell, grid, shared={"data": data, "thing": object()}, out=tmp_path / "other", progress=False)
 
 
 def test_sweep_explains_bad_grids_and_results(tiny) -> None:

@@ -1,15 +1,18 @@
 """Figure: interpolation curves between independently trained MLPs of increasing width on mnist1d.
 
-    python analyses/lmc_width.py --out results/lmc_width [--widths 32,128,512] [--seeds 3] [--quick]
+    python analyses/lmc_width.py --out results/lmc_width [--widths 32,128,512] [--seeds 3] [--quick] [--workers N]
 
 For each width, trains pairs of MLPs (one hidden layer) from different seeds, interpolates
-between each pair and records the loss and error barriers. Results are written as they come
-(one netCDF file per width and seed pair), so a killed run resumes where it stopped.
+between each pair and records the loss and error barriers. The (width, pair) cells are a
+``landscape.distributed.sweep``: in this process by default, as tasks on a local Dask cluster
+with ``--workers N`` or on a running one with ``--scheduler ADDRESS``. Results are written as
+they come (one netCDF file per cell), so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +23,18 @@ import xarray as xr
 
 import landscape as ls
 from landscape import connectivity, plot
-from landscape.core.io import ResumableRun
+from landscape.distributed import local_cluster, sweep
+
+
+def pair_curve(width: int, pair: int, *, data: ls.Splits, epochs: int) -> xr.Dataset:
+    """One cell: train MLPs of this width from seeds 2 * pair and 2 * pair + 1, interpolate."""
+    model = ls.models.create("mlp", width=width, depth=1)
+    a, b = (
+        ls.train(model, data, epochs=epochs, schedule="cosine", init_seed=s, data_seed=s, progress=False).state
+        for s in (2 * pair, 2 * pair + 1)
+    )
+    curve = connectivity.interpolate(model, a, b, data, alphas=25, progress=False)
+    return xr.merge([curve, connectivity.barriers(curve)], combine_attrs="override")
 
 
 def main() -> None:
@@ -31,6 +45,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny settings to check the script runs")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, help="run the cells on a local Dask cluster of N workers")
+    where.add_argument("--scheduler", default=None, help="run the cells on the Dask cluster at this address")
     args = parser.parse_args()
     ls.set_num_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
@@ -38,26 +55,15 @@ def main() -> None:
     if args.quick:
         args.seeds = 1
     data = ls.datasets.mnist1d(**sizes)
-    run = ResumableRun(
-        args.out, {"widths": widths, "seeds": args.seeds, "epochs": epochs, "data": sizes}, function="lmc_width"
-    )
-    curves = []
-    for width in widths:
-        model = ls.models.create("mlp", width=width, depth=1)
-        for pair in range(args.seeds):
-            step = f"width{width}-pair{pair}"
-            if not run.done(step):
-                a, b = (
-                    ls.train(
-                        model, data, epochs=epochs, schedule="cosine", init_seed=s, data_seed=s, progress=False
-                    ).state
-                    for s in (2 * pair, 2 * pair + 1)
-                )
-                curve = connectivity.interpolate(model, a, b, data, alphas=25, progress=False)
-                curve = xr.merge([curve, connectivity.barriers(curve)], combine_attrs="override")
-                run.save(step, curve.expand_dims(width=[width], pair=[pair]))
-            curves.append(run.load(step))
-    combined = xr.combine_by_coords(curves, combine_attrs="drop_conflicts")
+    cluster = local_cluster(args.workers) if args.workers else contextlib.nullcontext(args.scheduler)
+    with cluster as client:
+        combined = sweep(
+            pair_curve,
+            {"width": widths, "pair": list(range(args.seeds))},
+            shared={"data": data, "epochs": epochs},
+            out=args.out,
+            client=client,
+        )
     ls.save_result(combined, Path(args.out) / "combined.nc")
     table = combined.error_barrier.sel(kind="max_minus_mean", split="test") * 100
     print("test error barrier (max_minus_mean, percentage points), mean ± std over seed pairs:")

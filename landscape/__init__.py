@@ -41,6 +41,7 @@ _SUBMODULES = (
     "probes",
     "concepts",
     "curvature",
+    "distributed",
     "cli",
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "curvature",
     "datasets",
     "distillation",
+    "distributed",
     "evaluate",
     "lerp",
     "load_result",

@@ -30,6 +30,12 @@ TINY_PYTHON = [
     ("cg.sentiment(256)", "cg.sentiment(32)"),
     ("top_k=8", "top_k=1"),
     ("layers=[20, 21, 22, 23]", "layers=[1]"),
+    # "More than one machine": the guarded blocks run here as a script would run them.
+    ('if __name__ == "__main__":  # Dask', "if True:  # Dask"),
+    ('if __name__ == "__main__":\n    with local_cluster(2)', "if True:\n    with local_cluster(2)"),
+    ("epochs=5, init_seed=", "epochs=1, init_seed="),
+    ("resolution=41, client=cluster", "resolution=3, client=cluster"),
+    ("data, alphas=11", "data, alphas=3"),
 ]
 LM_MARKS = ("landscape.concepts", "import transformers")  # blocks that need transformers (lm/dev extras)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,36 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=None, help="examples per forward pass (default: the engine's choice)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """``--workers N`` (a local Dask cluster) or ``--scheduler ADDRESS`` (a running one)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run the points on a local Dask cluster of N worker processes (one per GPU when there are GPUs)",
+    )
+    where.add_argument("--scheduler", default=None, help="run the points on the Dask cluster at this scheduler address")
+
+
+@contextlib.contextmanager
+def cluster_for(args: argparse.Namespace) -> Iterator[object]:
+    """What ``client=`` gets: a local cluster for ``--workers`` (closed afterwards), the
+    ``--scheduler`` address, or None (this process)."""
+    if args.workers is not None:
+        from landscape.distributed import local_cluster
+
+        with local_cluster(args.workers) as cluster:
+            yield cluster
+    else:
+        yield args.scheduler
+
+
+def is_store(path: str | None) -> bool:
+    """An ``--out`` that names a zarr store, filled while the work runs and resumed by a re-run."""
+    return path is not None and path.rstrip("/").endswith(".zarr")
 
 
 def load_data(args: argparse.Namespace, states: Sequence = ()):

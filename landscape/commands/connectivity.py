@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from landscape.commands.common import add_data_options, add_run_options, load_data, model_for, output_path
+from landscape.commands.common import (
+    add_cluster_options,
+    add_data_options,
+    add_run_options,
+    cluster_for,
+    is_store,
+    load_data,
+    model_for,
+    output_path,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lmc.add_argument("--alphas", type=int, default=25, help="evenly spaced points on the line, endpoints included")
     _bn_option(lmc)
     _common(lmc)
+    add_cluster_options(lmc)
     lmc.set_defaults(handler=run_lmc)
 
     plane = subparsers.add_parser(
@@ -35,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--margin", type=float, default=0.2, help="extra room around the three checkpoints, as a fraction of the span"
     )
     _common(plane)
+    add_cluster_options(plane)
     plane.set_defaults(handler=run_plane)
 
     surface = subparsers.add_parser(
@@ -56,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     surface.add_argument("--seed", type=int, default=0, help="seed of the random directions")
     _common(surface)
+    add_cluster_options(surface)
     surface.set_defaults(handler=run_surface)
 
     inst = subparsers.add_parser(
@@ -97,7 +109,12 @@ def _bn_option(parser: argparse.ArgumentParser) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model spec (default: the one stored in the checkpoint)")
     add_data_options(parser)
-    parser.add_argument("--out", default=None, help="write the result to this netCDF file")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="write the result to this netCDF file, or (lmc, plane, surface) to a zarr store (a path ending in .zarr) "
+        "filled while the work runs and resumed by a re-run with the same settings",
+    )
     parser.add_argument("--plot", default=None, help="write a figure to this file (.png, .pdf, .svg)")
     add_run_options(parser)
 
@@ -105,7 +122,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _finish(args: argparse.Namespace, result, draw) -> None:
     import landscape as ls
 
-    if args.out:
+    if is_store(args.out):
+        print(f"wrote {args.out}")
+    elif args.out:
         print(f"wrote {ls.save_result(result, output_path(args.out))}")
     if args.plot:
         import matplotlib
@@ -132,17 +151,20 @@ def run_lmc(args: argparse.Namespace) -> int:
     from landscape import connectivity, plot
 
     data, (a, b), model = _states(args, [args.a, args.b])
-    curve = connectivity.interpolate(
-        model,
-        a,
-        b,
-        data,
-        alphas=args.alphas,
-        bn=args.bn,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
+    with cluster_for(args) as client:
+        curve = connectivity.interpolate(
+            model,
+            a,
+            b,
+            data,
+            alphas=args.alphas,
+            bn=args.bn,
+            device=args.device,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+            client=client,
+            out=args.out if is_store(args.out) else None,
+        )
     table = connectivity.barriers(curve).to_dataframe()
     table["error_barrier"] *= 100
     print("barriers (loss in nats, error in percentage points; the --out file holds fractions):")
@@ -155,18 +177,21 @@ def run_plane(args: argparse.Namespace) -> int:
     from landscape import connectivity, plot
 
     data, (a, b, c), model = _states(args, [args.a, args.b, args.c])
-    result = connectivity.plane(
-        model,
-        a,
-        b,
-        c,
-        data,
-        resolution=args.resolution,
-        margin=args.margin,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
+    with cluster_for(args) as client:
+        result = connectivity.plane(
+            model,
+            a,
+            b,
+            c,
+            data,
+            resolution=args.resolution,
+            margin=args.margin,
+            device=args.device,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+            client=client,
+            out=args.out if is_store(args.out) else None,
+        )
     print(result.anchor_alpha.to_series().to_string(), result.anchor_beta.to_series().to_string(), sep="\n")
     _finish(args, result, plot.surface)
     return 0
@@ -177,18 +202,21 @@ def run_surface(args: argparse.Namespace) -> int:
 
     data, (a,), model = _states(args, [args.a])
     normalization = None if args.normalization == "none" else args.normalization
-    result = connectivity.random_plane(
-        model,
-        a,
-        data,
-        span=args.span,
-        resolution=args.resolution,
-        normalization=normalization,
-        seed=args.seed,
-        device=args.device,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
+    with cluster_for(args) as client:
+        result = connectivity.random_plane(
+            model,
+            a,
+            data,
+            span=args.span,
+            resolution=args.resolution,
+            normalization=normalization,
+            seed=args.seed,
+            device=args.device,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+            client=client,
+            out=args.out if is_store(args.out) else None,
+        )
     centre = result.loss.sel(alpha=0.0, beta=0.0, method="nearest")
     print(f"loss at the centre: {centre.to_series().to_dict()}; max on the grid: {float(result.loss.max()):.3f}")
     _finish(args, result, lambda ds: plot.surface(ds, log_levels=True))
@@ -199,6 +227,16 @@ def run_instability(args: argparse.Namespace) -> int:
     import landscape as ls
     from landscape import connectivity, plot
 
+    if is_store(args.out):
+        from landscape.core.errors import bad_argument
+
+        raise bad_argument(
+            "landscape instability",
+            "--out",
+            expected="a netCDF file (.nc)",
+            found=repr(args.out),
+            fix="Zarr stores are written by lmc, plane and surface; use --out instability.nc here.",
+        )
     options = {"epochs": args.epochs, "lr": args.lr}
     if args.checkpoints:
         states = [ls.load_state(p) for p in args.checkpoints]

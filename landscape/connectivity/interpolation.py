@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -48,6 +49,8 @@ def interpolate(
     batch_size: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    client: object = None,
+    out: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """Evaluate ``(1 - alpha) * a + alpha * b`` for each alpha.
 
@@ -72,6 +75,9 @@ def interpolate(
         list rather than as a lazy line.
     bn_batch_size, metrics, batch_size, device, progress
         As in :func:`landscape.evaluate`.
+    client, out
+        A Dask cluster to run the points on, and a zarr store that holds the evaluated
+        metrics as they finish and resumes (see :func:`landscape.evaluate`).
 
     Returns
     -------
@@ -117,6 +123,8 @@ def interpolate(
         batch_size=batch_size,
         device=device,
         progress=progress,
+        client=client,
+        out=out,
     )
     if correct is not None:
         curve = curve.rename({"point": "alpha"})

@@ -7,6 +7,7 @@ the CPU the engine computes a linear first layer 3 times instead of once per poi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -114,6 +115,8 @@ def plane(
     batch_size: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    client: object = None,
+    out: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """The loss surface on the plane through three states (Garipov et al. 2018).
 
@@ -121,6 +124,13 @@ def plane(
     ``alpha`` along ``b - a`` and ``beta`` orthogonal to it towards ``c`` (see
     :func:`plane_basis`). The grid covers the three states with a ``margin`` (a fraction of
     the extent) on each side.
+
+    Parameters
+    ----------
+    client, out
+        A Dask cluster to run the points on, and a zarr store that holds the evaluated
+        metrics as they finish and resumes (see :func:`landscape.evaluate`); the other
+        options are those of :func:`landscape.evaluate`.
 
     Returns
     -------
@@ -146,6 +156,8 @@ def plane(
         batch_size=batch_size,
         device=device,
         progress=progress,
+        client=client,
+        out=out,
     )
     ds = _with_anchors(add_derived(ds), anchors)
     ds.attrs["analysis"] = "plane"
@@ -210,12 +222,21 @@ def random_plane(
     batch_size: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    client: object = None,
+    out: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """The loss surface around ``state`` along two Gaussian random directions (Li et al. 2018).
 
     The directions are drawn with seeds ``seed`` and ``seed + 1`` and normalised per filter
     by default (see :func:`landscape.core.state.random_direction`); the grid spans
     ``[-span, span]`` in units of those directions.
+
+    Parameters
+    ----------
+    client, out
+        A Dask cluster to run the points on, and a zarr store that holds the evaluated
+        metrics as they finish and resumes (see :func:`landscape.evaluate`); the other
+        options are those of :func:`landscape.evaluate`.
 
     Returns
     -------
@@ -226,6 +247,7 @@ def random_plane(
     engine = dict(
         metrics=metrics, bn=bn, bn_batch_size=bn_batch_size, batch_size=batch_size, device=device, progress=progress
     )
+    engine.update(client=client, out=out)
     return _random_surface(
         "random_plane",
         model,
@@ -257,9 +279,18 @@ def random_line(
     batch_size: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    client: object = None,
+    out: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """The loss along one Gaussian random direction through ``state`` (Li et al. 2018), drawn
     with ``seed`` (the first direction of :func:`random_plane` with the same seed).
+
+    Parameters
+    ----------
+    client, out
+        A Dask cluster to run the points on, and a zarr store that holds the evaluated
+        metrics as they finish and resumes (see :func:`landscape.evaluate`); the other
+        options are those of :func:`landscape.evaluate`.
 
     Returns
     -------
@@ -270,6 +301,7 @@ def random_line(
     engine = dict(
         metrics=metrics, bn=bn, bn_batch_size=bn_batch_size, batch_size=batch_size, device=device, progress=progress
     )
+    engine.update(client=client, out=out)
     return _random_surface(
         "random_line",
         model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -32,6 +33,8 @@ def evaluate(
     precision: str = "float32",
     points_per_chunk: int | None = None,
     progress: bool = True,
+    client: object = None,
+    out: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """Evaluate ``model`` at every parameter point of ``points`` on ``data``.
 
@@ -81,6 +84,13 @@ def evaluate(
         Points per vmap call (default: what fits in an eighth of free memory, at most 64).
     progress
         Show a progress bar.
+    client
+        Run the points in pieces as tasks on a Dask cluster: a ``distributed.Client``, a
+        cluster (:func:`landscape.distributed.local_cluster`) or a scheduler address; the
+        values are the same. See :func:`landscape.distributed.evaluate_sharded`.
+    out
+        A zarr store (``"surface.zarr"``) that the result is written into piece by piece as
+        it is computed, and that a re-run with the same settings resumes from.
 
     Returns
     -------
@@ -99,6 +109,28 @@ def evaluate(
     >>> ds.loss.dims
     ('alpha',)
     """
+    # -- scale-out (issue 19): pieces on a Dask cluster and/or into a resumable zarr store ----
+    if client is not None or out is not None:
+        from landscape.distributed import evaluate_sharded
+
+        return evaluate_sharded(
+            model,
+            points,
+            data,
+            metrics=metrics,
+            batch_size=batch_size,
+            bn=bn,
+            bn_data=bn_data,
+            bn_batch_size=bn_batch_size,
+            device=device,
+            strategy=strategy,
+            precision=precision,
+            points_per_chunk=points_per_chunk,
+            progress=progress,
+            client=client,
+            out=out,
+        )
+    # -- end of scale-out ------------------------------------------------------------------
     metric_fns = resolve_metrics(metrics, function="evaluate")
     run = run_points(
         model,

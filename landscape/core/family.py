@@ -11,6 +11,7 @@ weights directly (a first layer that is linear in its parameters needs M product
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -175,6 +176,57 @@ class AffineFamily:
         return AffineFamily._from_basis(
             tuple(basis), self.weights, self.dims, self.coords, anchors=self.anchors, coefficients=self._coefficients
         )
+
+    # -- shards -----------------------------------------------------------------------------
+    def chunks(self, parts: int) -> list[slice]:
+        """Split the leading dimension into ``parts`` contiguous ranges of nearly equal length
+        (fewer when it is shorter), so that ``take`` of each gives the family in pieces.
+
+        Ranges of the leading dimension keep every piece a grid of its own (whole rows of a
+        plane), so its results are one rectangular region of the whole result.
+        """
+        if not isinstance(parts, (int, np.integer)) or isinstance(parts, bool) or parts < 1:
+            raise bad_argument("AffineFamily.chunks", "parts", expected="a positive integer", found=describe(parts))
+        rows = self.shape[0]
+        n = min(int(parts), rows)
+        edges = [i * rows // n for i in range(n + 1)]
+        return [slice(lo, hi) for lo, hi in itertools.pairwise(edges)]
+
+    def take(self, rows: slice) -> AffineFamily:
+        """The points whose leading coordinate lies in ``rows`` (a slice with step 1): the same
+        basis states, the matching rows of the weights, the coordinates of the leading
+        dimension sliced and the others kept. Basis tensors already moved to a device are
+        shared, so the pieces of a family do not move them again.
+
+        Examples
+        --------
+        >>> import torch
+        >>> a, b = {"w": torch.zeros(2)}, {"w": torch.ones(2)}
+        >>> line = AffineFamily.line(a, b, alphas=5)
+        >>> [part.coords["alpha"].tolist() for part in map(line.take, line.chunks(2))]
+        [[0.0, 0.25], [0.5, 0.75, 1.0]]
+        """
+        leading = self.shape[0]
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise bad_argument("AffineFamily.take", "rows", expected="a slice with step 1", found=describe(rows))
+        start, stop, _ = rows.indices(leading)
+        if stop <= start:
+            raise bad_argument(
+                "AffineFamily.take",
+                "rows",
+                expected=f"a non-empty range of the {leading} entries of {self.dims[0]!r}",
+                found=repr(rows),
+            )
+        inner = len(self) // leading
+        points = slice(start * inner, stop * inner)
+        coords = dict(self.coords)
+        coords[self.dims[0]] = self.coords[self.dims[0]][start:stop]
+        coefficients = self._coefficients[points] if self._coefficients is not None else None
+        part = AffineFamily._from_basis(
+            self.basis, self.weights[points], self.dims, coords, anchors=self.anchors, coefficients=coefficients
+        )
+        part._device_basis = self._device_basis
+        return part
 
     # -- views ------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import itertools
+
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
 
 from landscape.core.errors import LandscapeError
 from landscape.core.family import AffineFamily, as_family
@@ -66,3 +70,46 @@ def test_bad_inputs_are_explained() -> None:
         AffineFamily(a, [b], np.zeros((3, 2)))
     with pytest.raises(LandscapeError, match=r"evaluate\(points=...\)"):
         as_family(42)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(1, 4), parts=st.integers(1, 12))
+def test_chunks_cover_the_leading_dim_once_and_take_gives_the_same_points(rows: int, cols: int, parts: int) -> None:
+    a, _ = _pair()
+    d1, d2 = {"w": torch.ones(3, 4), "n": torch.tensor(0)}, {"w": torch.full((3, 4), 2.0), "n": torch.tensor(0)}
+    grid = AffineFamily.grid(a, (d1, d2), np.linspace(-1, 1, rows), np.linspace(0, 2, cols))
+    pieces = grid.chunks(parts)
+    # contiguous, in order, non-empty, covering every row exactly once, lengths differing by at most 1
+    assert pieces[0].start == 0 and pieces[-1].stop == rows and len(pieces) == min(parts, rows)
+    assert all(p.stop == q.start for p, q in itertools.pairwise(pieces))
+    lengths = [p.stop - p.start for p in pieces]
+    assert min(lengths) >= 1 and max(lengths) - min(lengths) <= 1
+    for piece in pieces:
+        part = grid.take(piece)
+        assert part.dims == grid.dims and part.shape == (piece.stop - piece.start, cols)
+        assert np.array_equal(part.coords["alpha"], grid.coords["alpha"][piece])
+        assert np.array_equal(part.coords["beta"], grid.coords["beta"])
+        assert part.basis is grid.basis  # the basis is shared, not copied
+        first = piece.start * cols
+        for j in range(len(part)):
+            # the j-th point of the piece is, bit for bit, point first + j of the whole grid
+            assert torch.equal(part.state(j)["w"], grid.state(first + j)["w"])
+        assert torch.equal(part.coefficients, grid.coefficients[first : first + len(part)])
+
+
+def test_take_of_a_line_and_a_list_keeps_labels_and_device_cache() -> None:
+    a, b = _pair()
+    line = AffineFamily.line(a, b, alphas=[-0.5, 0.0, 0.5, 1.0, 1.5])
+    line.device_basis("cpu")
+    part = line.take(slice(3, 5))
+    assert part.coords["alpha"].tolist() == [1.0, 1.5] and part.anchors == (0, 1)
+    assert part.device_basis("cpu") is line.device_basis("cpu")  # moved once for all pieces
+    assert torch.equal(part.stacked([0, 1])["w"], line.stacked([3, 4])["w"])
+    listed = AffineFamily.points([a, b, a], labels=["x", "y", "z"]).take(slice(1, None))
+    assert listed.coords["point"].tolist() == ["y", "z"] and torch.equal(listed.state(1)["w"], a["w"])
+    with pytest.raises(LandscapeError, match=r"AffineFamily.take\(rows=...\): expected a non-empty range"):
+        line.take(slice(5, 9))
+    with pytest.raises(LandscapeError, match="step 1"):
+        line.take(slice(0, 4, 2))
+    with pytest.raises(LandscapeError, match="positive integer"):
+        line.chunks(0)

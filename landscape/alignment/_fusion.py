@@ -9,15 +9,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.alignment.activations import inputs_from, statistics
-from landscape.alignment.alignment import METHODS, align, build_graph, load, run_alignment
-from landscape.alignment.repair import correct_statistics
+from landscape.alignment._activations import inputs_from, statistics
+from landscape.alignment._align import METHODS, align, build_graph, run_alignment
+from landscape.alignment._repair import correct_statistics
+from landscape.alignment._result import load
 from landscape.core.errors import bad_argument
 from landscape.core.io import checkpoint_record
 from landscape.core.state import State, check_compatible
-from landscape.symmetry import SymmetryGraph, Transform
-from landscape.symmetry.graph import apply_maps
-from landscape.symmetry.layout import apply_axis
+from landscape.symmetry import SymmetryGraph, Transform, apply_maps
+from landscape.symmetry.layout import apply_axis, select
 
 __all__ = ["fuse"]
 
@@ -37,7 +37,9 @@ class _Restriction(Transform):
     def target_size(self) -> int:
         return int(self.index.numel())
 
-    def apply(self, tensor: Tensor, dim: int, variance: str = "out") -> Tensor:
+    def apply(
+        self, tensor: Tensor, dim: int, variance: str = "out", siblings: Mapping[str, int] | None = None
+    ) -> Tensor:
         return tensor.index_select(dim, self.index.to(tensor.device))
 
 
@@ -106,6 +108,7 @@ def fuse(
     seed: int = 0,
     n_examples: int | None = None,
     batch_size: int = 1024,
+    device: str | torch.device = "auto",
     progress: bool = True,
 ) -> State:
     """Fuse ``N >= 2`` networks into one: align each to the anchor and average (OT fusion).
@@ -246,7 +249,7 @@ def fuse(
                     marginals="uniform",
                     data=data,
                     parameters=parameters,
-                    ref_graph=target_graph,
+                    a_graph=target_graph,
                     seed=seed,
                     n_examples=n_examples,
                     batch_size=batch_size,
@@ -282,8 +285,6 @@ def _initial_target(graph: SymmetryGraph, anchor: State, sizes: Mapping[str, int
             if ref.variance != "out":
                 continue
             t = anchor[ref.key].double()
-            from landscape.symmetry.layout import select
-
             rows = select(t, ref.axis, graph.layouts[ref.key][ref.axis], ref.path)
             norms += (rows * rows).sum(1)
         keep = torch.argsort(norms, descending=True)[: sizes[g]].sort().values
@@ -317,9 +318,9 @@ def _repair_fused(
             mean, std = stats[(s.node, s.axis)]
             layout = graph.activations[s.node][s.axis]
 
-            def act(t: Tensor, d: int, group: object, path: tuple, maps: Mapping = maps) -> Tensor:
-                m = maps.get(str(group))
-                return t if m is None else m.apply(t, d, "out")
+            def act(t: Tensor, d: int, atom: object, path: tuple, siblings: Mapping, maps: Mapping = maps) -> Tensor:
+                m = maps.get(str(atom.group))
+                return t if m is None else m.apply(t, d, "in" if atom.dual else "out", siblings)
 
             mean = apply_axis(mean, 0, layout, act, sizes)
             std = apply_axis(std, 0, layout, act, sizes)

@@ -1,0 +1,414 @@
+"""The terms of the alignment objective and the statistics each group's solver needs.
+
+The objective is a sum of terms, each a tensor of the first network (``a``) against the
+same tensor of the second (``b``) after the groups' transforms: the parameters for weight
+matching, the units' activations (as a square root of their joint second moments) for
+activation matching. Given the other groups' transforms, a term contributes to one group:
+
+- ``s``: ``S[i, j]``, the inner product of ``a``'s unit ``i`` with ``b``'s unit ``j``, what a
+  linear assignment (permutations) or an orthogonal Procrustes problem maximises;
+- the Gram matrices of the units, which the least-squares solution of an invertible map
+  needs: ``b``'s units where the group acts like an activation (``"out"``), ``a``'s units
+  where it is contracted with one (``"in"``, the map's inverse transpose acts there).
+
+For the coordinates of attention heads every head has statistics of its own (a leading
+head axis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from landscape.symmetry import Atom, Fixed, Layout, Prod, Sum, Transform
+from landscape.symmetry.layout import apply_axis, node_size, occurrences, select
+
+__all__ = ["ActivationTerm", "GramTerm", "Stats", "TensorTerm", "apply_maps_to", "select_pair", "sibling_pairs"]
+
+
+def flip(variance: str, atom: Atom) -> str:
+    """The variance with which a group acts at this atom (duals act by the inverse transpose)."""
+    return ("in" if variance == "out" else "out") if atom.dual else variance
+
+
+def apply_maps_to(
+    tensor: Tensor,
+    layouts: Sequence[Layout],
+    variances: Sequence[str],
+    maps: Mapping[str, Transform],
+    sizes: Mapping[str, int],
+    skip: Sequence[tuple[int, tuple[int, ...]]] = (),
+) -> Tensor:
+    """``tensor`` with every group's map applied along its axes, except at the ``skip`` places."""
+    out = tensor
+    for k, lay in enumerate(layouts):
+        if isinstance(lay, Fixed):
+            continue
+
+        def act(t: Tensor, d: int, atom: Atom, path: tuple, siblings: Mapping[str, int], k: int = k) -> Tensor:
+            if (k, path) in skip:
+                return t
+            m = maps.get(str(atom.group))
+            return t if m is None else m.apply(t, d, flip(variances[k], atom), siblings)
+
+        out = apply_axis(out, k, lay, act, sizes)
+    return out
+
+
+def sibling_pairs(node: Layout, path: tuple[int, ...] = (), with_paths: bool = False):
+    """``(prefix, g, h)`` (or ``(prefix, ((qa, g), (qb, h)), None)``) for every two atoms that
+    are children of one product node."""
+    if isinstance(node, Prod):
+        kids = [(q, str(c.group)) for q, c in enumerate(node.children) if isinstance(c, Atom)]
+        for i, first in enumerate(kids):
+            for second in kids[i + 1 :]:
+                if with_paths:
+                    yield path, (first, second), None
+                else:
+                    yield path, first[1], second[1]
+                    yield path, second[1], first[1]
+    if isinstance(node, (Prod, Sum)):
+        for q, c in enumerate(node.children):
+            yield from sibling_pairs(c, (*path, q), with_paths)
+
+
+def select_pair(
+    tensor: Tensor, dim: int, node: Layout, prefix: tuple[int, ...], qa: int, qb: int, sizes: Mapping[str, int] | None
+) -> Tensor:
+    """(units of child qa, units of child qb, everything else) of the product at ``prefix``."""
+    t = tensor
+    for q in prefix:
+        factors = [node_size(c, sizes) for c in node.children]
+        if isinstance(node, Prod):
+            t = t.reshape(*t.shape[:dim], *factors, *t.shape[dim + 1 :])
+            dim += q
+        else:
+            t = t.narrow(dim, sum(factors[:q]), factors[q])
+        node = node.children[q]
+    factors = [node_size(c, sizes) for c in node.children]
+    t = t.reshape(*t.shape[:dim], *factors, *t.shape[dim + 1 :])
+    t = t.movedim((dim + qa, dim + qb), (0, 1))
+    return t.reshape(factors[qa], factors[qb], -1)
+
+
+@dataclass
+class Stats:
+    """A term's statistics for one group (leading head axis for per-head groups).
+
+    ``s_out``/``s_in``: ``a``'s units against ``b``'s at places where the group acts like an
+    activation / by its inverse transpose; ``goo_out``/``goo_in``: ``b``'s Gram matrices there;
+    ``grr_in``: ``a``'s Gram at the inverse-transpose places; ``rr``: ``a``'s squared norm;
+    ``ref_sq``/``other_sq``: the units' squared norms (transport costs); ``linear``: the term
+    holds the group once, so its value is linear in the group's permutation or orthogonal map.
+    """
+
+    s_out: Tensor
+    s_in: Tensor
+    goo_out: Tensor | None
+    goo_in: Tensor | None
+    grr_in: Tensor | None
+    rr: float
+    ref_sq: Tensor
+    other_sq: Tensor
+    ref_imp: Tensor
+    other_imp: Tensor
+    linear: bool = True
+
+    @property
+    def s(self) -> Tensor:
+        return self.s_out + self.s_in
+
+    def __add__(self, other: Stats) -> Stats:
+        def add(x: Tensor | None, y: Tensor | None) -> Tensor | None:
+            if x is None:
+                return y
+            if y is None:
+                return x
+            return x + y
+
+        return Stats(
+            self.s_out + other.s_out,
+            self.s_in + other.s_in,
+            add(self.goo_out, other.goo_out),
+            add(self.goo_in, other.goo_in),
+            add(self.grr_in, other.grr_in),
+            self.rr + other.rr,
+            self.ref_sq + other.ref_sq,
+            self.other_sq + other.other_sq,
+            self.ref_imp + other.ref_imp,
+            self.other_imp + other.other_imp,
+            self.linear and other.linear,
+        )
+
+
+def _stats(r: Tensor, o: Tensor, variance: str, grams: bool, linear: bool) -> Stats:
+    """Statistics of one place: ``r``, ``o`` are (units x rest) or (heads, units, rest)."""
+    s = r @ o.transpose(-1, -2)
+    zero = torch.zeros_like(s)
+    rsq, osq = (r * r).sum(-1), (o * o).sum(-1)
+    goo = o @ o.transpose(-1, -2) if grams else None
+    grr = r @ r.transpose(-1, -2) if grams and variance == "in" else None
+    if variance == "out":
+        return Stats(s, zero, goo, None, None, float((r * r).sum()), rsq, osq, rsq, osq, linear)
+    return Stats(zero, s, None, goo, grr, float((r * r).sum()), rsq, osq, rsq, osq, linear)
+
+
+class TensorTerm:
+    """``a``'s tensor against ``b``'s after the transforms (a parameter), in ``dtype``.
+
+    Products run in float32 by default: the assignments they lead to are those of float64
+    except between candidates whose scores differ by less than float32 resolution (the
+    benchmark checks that the objective reached is the same), at half the memory traffic.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ref: Tensor,
+        other: Tensor,
+        layouts: Sequence[Layout],
+        variances: Sequence[str],
+        *,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.name = name
+        self.ref = ref.detach().to(dtype)
+        self.other = other.detach().to(dtype)
+        self.layouts = tuple(layouts)
+        self.variances = tuple(variances)
+        self.places = [
+            (k, path, str(a.group), flip(self.variances[k], a))
+            for k, lay in enumerate(self.layouts)
+            for path, a in occurrences(lay)
+        ]
+        self.groups = {g for _, _, g, _ in self.places}
+        self.counts = {g: sum(1 for p in self.places if p[2] == g) for g in self.groups}
+        self._rr = float((self.ref.double() ** 2).sum())
+
+    # -- values --------------------------------------------------------------------------
+    def moved(self, maps: Mapping[str, Transform], other_sizes: Mapping[str, int]) -> Tensor:
+        return apply_maps_to(self.other, self.layouts, self.variances, maps, other_sizes)
+
+    def value(self, maps: Mapping[str, Transform], other_sizes: Mapping[str, int]) -> tuple[float, float]:
+        """``(<a, T(b)>, ||a - T(b)||^2)``, in float64."""
+        moved = self.moved(maps, other_sizes)
+        if moved.shape != self.ref.shape:
+            return float("nan"), float("nan")
+        moved = moved.double()
+        inner = float((self.ref.double() * moved).sum())
+        return inner, self._rr - 2 * inner + float((moved * moved).sum())
+
+    # -- statistics for one group -------------------------------------------------------------
+    def stats(
+        self,
+        group: str,
+        maps: Mapping[str, Transform],
+        ref_sizes: Mapping[str, int],
+        other_sizes: Mapping[str, int],
+        *,
+        per: str | None = None,
+        grams: bool = False,
+        only: set[str] | None = None,
+        without: set[str] = frozenset(),
+    ) -> Stats | None:
+        """The group's statistics (everything else transformed); None when the term cannot be
+        compared yet (a group of different width has no transform, or, with ``only``, a group
+        outside ``only``). With ``per``, one block of statistics per head of that group;
+        places in a product with one of the ``without`` groups are left out."""
+        total: Stats | None = None
+        for k, path, g, variance in self.places:
+            if g != group:
+                continue
+            if without and self._with(k, path, without):
+                continue
+            others = {h for _, _, h, _ in self.places if h != group}
+            if any(h not in maps and ref_sizes[h] != other_sizes[h] for h in others):
+                continue
+            if only is not None and not others <= only:
+                continue
+            mixed = {h: (maps[h].target_size if h in maps else other_sizes[h]) for h in self.groups}
+            mixed[group] = other_sizes[group]
+            if sum(1 for axis, _, h, _ in self.places if h == group and axis == k) > 1 and (
+                ref_sizes[group] != other_sizes[group]
+            ):
+                continue  # the same group twice on one axis, at different widths: not comparable
+            moved = apply_maps_to(self.other, self.layouts, self.variances, maps, other_sizes, skip=[(k, path)])
+            if per is not None:
+                pair = self._head_pair(k, path, per)
+                if pair is None:
+                    continue
+                prefix, qh, qg = pair
+                r = select_pair(self.ref, k, self.layouts[k], prefix, qh, qg, ref_sizes)
+                o = select_pair(moved, k, self.layouts[k], prefix, qh, qg, mixed)
+            else:
+                r = select(self.ref, k, self.layouts[k], path, ref_sizes)
+                o = select(moved, k, self.layouts[k], path, mixed)
+            if r.shape[-1] != o.shape[-1]:
+                continue
+            part = _stats(
+                r.double() if grams else r, o.double() if grams else o, variance, grams, self.counts[group] == 1
+            )
+            part = _as_double(part)
+            total = part if total is None else total + part
+        return total
+
+    def _with(self, k: int, path: tuple[int, ...], groups: set[str]) -> bool:
+        node = self.layouts[k]
+        for q in path[:-1]:
+            node = node.children[q]
+        return isinstance(node, Prod) and any(isinstance(c, Atom) and str(c.group) in groups for c in node.children)
+
+    def _head_pair(self, k: int, path: tuple[int, ...], per: str) -> tuple[tuple[int, ...], int, int] | None:
+        """Where the heads group sits next to the place at ``path`` (same product)."""
+        node = self.layouts[k]
+        for q in path[:-1]:
+            node = node.children[q]
+        if not isinstance(node, Prod):
+            return None
+        for q, c in enumerate(node.children):
+            if isinstance(c, Atom) and str(c.group) == per:
+                return path[:-1], q, path[-1]
+        return None
+
+    def head_blocks(
+        self,
+        heads: str,
+        child: str,
+        maps: Mapping[str, Transform],
+        ref_sizes: Mapping[str, int],
+        other_sizes: Mapping[str, int],
+        *,
+        grams: bool,
+    ) -> Stats | None:
+        """Statistics of ``child`` for every pair (head of ``a``, head of ``b``): ``s[a, b]`` is
+        (units x units), everything but the heads and the child transformed."""
+        total: Stats | None = None
+        for k, path, g, variance in self.places:
+            if g != child:
+                continue
+            pair = self._head_pair(k, path, heads)
+            if pair is None:
+                continue
+            prefix, qh, qg = pair
+            skip = [(k, path), (k, (*prefix, qh))]
+            moved = apply_maps_to(self.other, self.layouts, self.variances, maps, other_sizes, skip=skip)
+            r = select_pair(self.ref, k, self.layouts[k], prefix, qh, qg, ref_sizes).double()
+            o = select_pair(moved, k, self.layouts[k], prefix, qh, qg, other_sizes).double()
+            s = torch.einsum("anr,bmr->abnm", r, o)
+            zero = torch.zeros_like(s)
+            goo = torch.einsum("bnr,bmr->bnm", o, o)[None].expand(r.shape[0], -1, -1, -1) if grams else None
+            grr = torch.einsum("anr,amr->anm", r, r)[:, None].expand(-1, o.shape[0], -1, -1) if grams else None
+            rsq = (r * r).sum(-1)[:, None].expand(-1, o.shape[0], -1)
+            osq = (o * o).sum(-1)[None].expand(r.shape[0], -1, -1)
+            rr = float((r * r).sum())
+            if variance == "out":
+                part = Stats(s, zero, goo, None, None, rr, rsq, osq, rsq, osq)
+            else:
+                part = Stats(zero, s, None, goo, grr if grams else None, rr, rsq, osq, rsq, osq)
+            total = part if total is None else total + part
+        return total
+
+    # -- product axes (GroupNorm groups, grouped convolutions) ----------------------------------
+    def siblings(self) -> set[tuple[str, str]]:
+        """Pairs of groups that are factors of one product axis."""
+        return {(g, h) for lay in self.layouts for _, g, h in sibling_pairs(lay)}
+
+    def pair_block(
+        self,
+        group: str,
+        partner: str,
+        maps: Mapping[str, Transform],
+        ref_sizes: Mapping[str, int],
+        other_sizes: Mapping[str, int],
+    ) -> Tensor | None:
+        """``B[a, b, a', b']``: the similarity of ``a``'s unit ``(a, b)`` with ``b``'s unit
+        ``(a', b')`` of a product axis ``group x partner`` (everything else transformed)."""
+        total = None
+        for k, lay in enumerate(self.layouts):
+            for prefix, pair, _ in sibling_pairs(lay, with_paths=True):
+                (qa, ga), (qb, gb) = pair
+                if {ga, gb} != {group, partner}:
+                    continue
+                if ga != group:
+                    (qa, ga), (qb, gb) = (qb, gb), (qa, ga)
+                mixed = {h: (maps[h].target_size if h in maps else other_sizes[h]) for h in self.groups}
+                mixed[group], mixed[partner] = other_sizes[group], other_sizes[partner]
+                skip = [(k, (*prefix, qa)), (k, (*prefix, qb))]
+                moved = apply_maps_to(self.other, self.layouts, self.variances, maps, other_sizes, skip=skip)
+                r = select_pair(self.ref, k, lay, prefix, qa, qb, ref_sizes).double()
+                o = select_pair(moved, k, lay, prefix, qa, qb, mixed).double()
+                if r.shape[2] != o.shape[2]:
+                    continue
+                part = torch.einsum("abr,cdr->abcd", r, o)
+                total = part if total is None else total + part
+        return total
+
+
+def _as_double(s: Stats) -> Stats:
+    def d(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.double()
+
+    return Stats(
+        d(s.s_out), d(s.s_in), d(s.goo_out), d(s.goo_in), d(s.grr_in), s.rr,
+        d(s.ref_sq), d(s.other_sq), d(s.ref_imp), d(s.other_imp), s.linear,
+    )  # fmt: skip
+
+
+class ActivationTerm(TensorTerm):
+    """Activations of the units at one place a layer reads them, for least-squares and
+    Procrustes solvers: ``a``'s and ``b``'s activations enter through a square root ``L`` of
+    their joint (uncentred) second moments, ``[A; B] [A; B]^T / N = L L^T``, so that every
+    inner product between units is the one over the data, at the cost of ``2n`` columns."""
+
+    def __init__(self, name: str, moments: Tensor, layout: Layout, n_ref: int) -> None:
+        values, vectors = torch.linalg.eigh(moments.double())
+        root = vectors * values.clamp_min(0).sqrt()[None, :]
+        super().__init__(
+            name, root[:n_ref], root[n_ref:], (layout, Fixed(root.shape[1])), ("out", "out"), dtype=torch.float64
+        )
+
+
+class GramTerm(TensorTerm):
+    """``sum_ij S[i, j] M[i, j]`` for a cross-correlation matrix ``S`` between the units of an
+    activation axis of the two networks (``M`` is the axis's transform, as a matrix): activation
+    matching by correlations (Ainsworth et al. 2023; Jordan et al. 2023), for permutations and
+    transport plans."""
+
+    def __init__(self, name: str, corr: Tensor, layout: Layout, ref_rms: Tensor, other_rms: Tensor) -> None:
+        n_other = corr.shape[1]
+        super().__init__(
+            name,
+            corr,
+            torch.eye(n_other, dtype=torch.float64),
+            (layout, Fixed(n_other)),
+            ("out", "out"),
+            dtype=torch.float64,
+        )
+        self.bare = isinstance(layout, Atom)
+        self.ref_rms = ref_rms.double()
+        self.other_rms = other_rms.double()
+
+    def value(self, maps: Mapping[str, Transform], other_sizes: Mapping[str, int]) -> tuple[float, float]:
+        inner, _ = super().value(maps, other_sizes)
+        # Standardised units: for permutations the distance is a constant minus twice this.
+        return inner, -2.0 * inner
+
+    def stats(self, group, maps, ref_sizes, other_sizes, *, per=None, grams=False, only=None, without=frozenset()):
+        # Correlations of standardised units: every unit has norm 1, so the transport cost is
+        # 2 - 2 corr; importance weights are the units' root-mean-square activations.
+        if self.bare and per is None:
+            s = self.ref
+            ref_imp, other_imp = self.ref_rms**2, self.other_rms**2
+        else:
+            found = super().stats(group, maps, ref_sizes, other_sizes, per=per, only=only, without=without)
+            if found is None:
+                return None
+            s = found.s
+            ref_imp = torch.ones(s.shape[:-1], dtype=torch.float64)
+            other_imp = torch.ones((*s.shape[:-2], s.shape[-1]), dtype=torch.float64)
+        ones_r = torch.ones(s.shape[:-1], dtype=torch.float64)
+        ones_o = torch.ones((*s.shape[:-2], s.shape[-1]), dtype=torch.float64)
+        return Stats(s, torch.zeros_like(s), None, None, None, 0.0, ones_r, ones_o, ref_imp, other_imp)

@@ -278,11 +278,13 @@ def run_alignment(
         "max_iter": max_iter,
         "device": str(device),
     }
+    constants = graph.fold_constants if folded else set()  # ones in both folded networks
     if on == "weights":
         terms: list[TensorTerm] = [
             TensorTerm(k, fa[k].to(device), fb[k].to(device), graph.layouts[k], graph.variances[k])
             for k in fa
             if k in parameters
+            and k not in constants
             and fa[k].is_floating_point()
             and any(True for lay in graph.layouts[k] for _ in atoms(lay))
         ]

@@ -343,6 +343,10 @@ def _finalize(
                 stack.extend(item)
         if isinstance(e, TInfo) and not e.is_param:
             expanded[name] = e
+    for lay in classes.carried:
+        for a in atoms(classes.expand(lay)):
+            evidence.add(int(a.group))
+            first_seen.setdefault(int(a.group), len(result.node_order))
     param_layouts: dict[str, tuple[Layout, ...]] = {}
     in_params: set[int] = set()
     for key, t in state.items():

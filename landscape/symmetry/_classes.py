@@ -41,6 +41,9 @@ class Classes:
         self.per_head: list[tuple[Layout, Layout, str]] = []
         self.centered: list[tuple[Layout, str]] = []
         self.rotary: list[tuple[Layout, str]] = []
+        # Axes that activations inside a module carry though no traced node holds them (the
+        # queries, keys and values of nn.MultiheadAttention).
+        self.carried: list[Layout] = []
 
     # -- basic union-find ------------------------------------------------------------
     def new(self, size: int, label: str, kind: int = INVERTIBLE) -> Layout:

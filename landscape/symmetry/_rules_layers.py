@@ -157,10 +157,12 @@ class LayerRules:
         return TInfo((x.layout[0], x.layout[1], *(Fixed(int(s)) for s in value.shape[2:])))
 
     # -- attention -------------------------------------------------------------------------
-    def attention_label(self) -> str | None:
+    def attention_label(self) -> str:
+        """The prefix of attention groups' names: the module the attention runs in."""
         from landscape.symmetry._ops import module_path
 
-        return module_path(self.node) if self.node is not None else None
+        path = module_path(self.node) if self.node is not None else None
+        return f"{path}." if path else ""
 
     def sdpa(self, n: fx.Node, args: tuple, kwargs: dict, value: object) -> object:
         """``softmax(q k^T * scale + mask) v`` per head (``F.scaled_dot_product_attention``).
@@ -211,9 +213,8 @@ class LayerRules:
         self.dot(q.layout[-1], k.layout[-1])
         label = self.attention_label()
         self.heads_of(per_head_axes, [q.layout[-1], k.layout[-1], v.layout[-1], q.layout[-2]], label)
-        if label:
-            self.name_atoms(q.layout[-1], f"{label}.qk")
-            self.name_atoms(v.layout[-1], f"{label}.vo")
+        self.name_atoms(q.layout[-1], f"{label}qk")
+        self.name_atoms(v.layout[-1], f"{label}vo")
         self.restrict(batch_out, PERMUTATION)
         mask_node, mask = get(3)
         if isinstance(mask, Tensor):
@@ -254,6 +255,7 @@ class LayerRules:
         h = self.fresh(heads, f"{path}:heads")
         dq, dk, dv = (self.fresh(dim, f"{path}:{part}") for part in ("q", "k", "v"))
         rows = normalize(Sum((normalize(Prod((h, dq))), normalize(Prod((h, dk))), normalize(Prod((h, dv))))))
+        self.classes.carried.extend([h, dq, dk, dv])
         self.join(w_in.layout[0], rows)
         for x in infos:
             self.mark(x, "out")
@@ -264,7 +266,7 @@ class LayerRules:
             self.join(b_in.layout[0], w_in.layout[0])
             self.mark(b_in, "out")
         self.dot(dq, dk)
-        self.heads_of([h], [dq, dk, dv], path)
+        self.heads_of([h], [dq, dk, dv], f"{path}.")
         self.name_atoms(dq, f"{path}.qk")
         self.name_atoms(dv, f"{path}.vo")
         self.restrict([h], PERMUTATION)

@@ -423,16 +423,15 @@ class ShapeRules:
         return None
 
     # -- contractions ----------------------------------------------------------------------
-    def heads_of(self, batch: Sequence[Layout], inners: Sequence[Layout], label: str | None) -> None:
+    def heads_of(self, batch: Sequence[Layout], inners: Sequence[Layout], label: str) -> None:
         """Record that the ``inners`` (coordinates of an attention head) may be mixed by a map of
         their own for every index of the ``batch`` axes (the heads); checked when the graph is
-        finalised. ``label`` names the groups after the attention module."""
+        finalised. ``label`` (the attention module's path and a dot) prefixes the groups' names."""
         for lay in batch:
             if any(True for _ in atoms(self.classes.expand(lay))):
                 for inner in inners:
                     self.classes.per_head.append((inner, lay, self.why))
-                if label:
-                    self.name_atoms(lay, f"{label}.heads")
+                self.name_atoms(lay, f"{label}heads")
 
     def name_atoms(self, layout: Layout, name: str) -> None:
         for a in atoms(self.classes.expand(layout)):
@@ -486,10 +485,8 @@ class ShapeRules:
             label = self.attention_label()
             if batch:
                 self.heads_of(batch, [la[-1], lb[-2], la[-2], lb[-1]], label)
-                if label and any(True for _ in atoms(self.classes.expand(la[-1]))):
-                    self.name_atoms(la[-1], f"{label}.qk")
-                if label and any(True for _ in atoms(self.classes.expand(lb[-1]))):
-                    self.name_atoms(lb[-1], f"{label}.vo")
+                self.name_atoms(la[-1], f"{label}qk")
+                self.name_atoms(lb[-1], f"{label}vo")
             self.restrict(batch, PERMUTATION)
             for node, axis in ((nodes[0], av.dim() - 1), (nodes[1], bv.dim() - 2)):
                 if isinstance(node, fx.Node):

@@ -6,12 +6,14 @@ after aligning them with each class of symmetry of Theus et al. (2025), and tran
 
 Trains ``2 x --pairs`` zoo ViTs on sklearn's digits and zoo GPTs on character-level Python
 docstrings (``landscape.datasets.docstrings``) from different seeds, then for every pair
-aligns the second to the first by weight matching with permutations only, with orthogonal
-maps where the graph allows them (the residual stream, every head's coordinates), and with
-the full set (orthogonal residual stream, invertible per-head query/key and value maps,
-permutations of heads and MLP units), and with the full set on activations, and evaluates the
-midpoint of each linear path against vanilla averaging. For the ViTs it also fuses each pair
-(OT fusion) and fine-tunes the fused network for one epoch.
+aligns the second to the first with permutations only, with orthogonal maps where the graph
+allows them (the residual stream, every head's coordinates), and with the full set of Theus et
+al. (orthogonal residual stream, invertible per-head query/key and value maps, permutations of
+heads and MLP units): first by weight matching (closed form), then refined by gradient
+descent on the training loss of interpolated networks (``method="learned"``, the learned
+alignment of the paper), and evaluates every linear path against vanilla averaging. For the
+ViTs it also fuses each pair, by OT fusion (Imfeld et al.: transport of units, heads as
+units) and by the learned alignment, and fine-tunes each fused network for one epoch.
 
 Every model and every pair's result is written as it finishes, so a killed run resumes.
 ``table.csv`` holds mean and standard deviation over the pairs (fractions; the printed
@@ -37,8 +39,10 @@ ALIGNMENTS = {
     "vanilla": None,
     "permutation": {"kinds": "permutation"},
     "orthogonal": {"kinds": "orthogonal"},
-    "glmc weights": {"kinds": "max"},
-    "glmc activations": {"kinds": "max", "method": "activations"},
+    "glmc": {"kinds": "max"},
+    "permutation, learned": {"kinds": "permutation", "method": "learned"},
+    "orthogonal, learned": {"kinds": "orthogonal", "method": "learned"},
+    "glmc, learned": {"kinds": "max", "method": "learned"},
 }
 
 
@@ -49,11 +53,13 @@ def settings_for(quick: bool) -> dict[str, dict[str, object]]:
                 "model": {"dim": 16, "depth": 1, "heads": 2},
                 "data": {"n": 200},
                 "train": {"epochs": 2, "lr": 3e-3, "batch_size": 64},
+                "learn": {"epochs": 1, "lr": 3e-3},
             },
             "gpt": {
                 "model": {"dim": 16, "depth": 1, "heads": 2, "context": 16},
                 "data": {"n_train": 200, "n_test": 100, "context": 16},
                 "train": {"epochs": 1, "lr": 3e-3, "batch_size": 64},
+                "learn": {"epochs": 1, "lr": 3e-3},
             },
         }
     return {
@@ -61,11 +67,13 @@ def settings_for(quick: bool) -> dict[str, dict[str, object]]:
             "model": {"dim": 64, "depth": 2, "heads": 4},
             "data": {},
             "train": {"epochs": 60, "lr": 1e-3, "batch_size": 64},
+            "learn": {"epochs": 20, "lr": 3e-3},
         },
         "gpt": {
             "model": {"dim": 64, "depth": 2, "heads": 4, "context": 32},
             "data": {"n_train": 10000, "n_test": 1000, "context": 32},
             "train": {"epochs": 30, "lr": 1e-3, "batch_size": 64},
+            "learn": {"epochs": 3, "lr": 3e-3},
         },
     }
 
@@ -103,18 +111,21 @@ def train_models(task: str, setting: dict, data, seeds: list[int], folder: Path)
     return states
 
 
-def one_pair(task: str, model, data, a, b, *, alphas: int, fuse_epochs: int, setting: dict) -> xr.Dataset:
+def one_pair(task: str, model, data, a, b, *, alphas: int, fuse_epochs: int | None, setting: dict) -> xr.Dataset:
     """Curves (alignment, alpha, split) for every alignment, and fusion accuracies."""
     graph = ls.symmetry.symmetry_graph(model, data.train[0][:2])
-    curves, seconds = [], []
-    for options in ALIGNMENTS.values():
+    curves, seconds, aligned_by = [], [], {}
+    for name, options in ALIGNMENTS.items():
         started = time.perf_counter()
         if options is None:
             aligned = b
         else:
             options = dict(options)
             method = options.pop("method", "weights")
-            aligned = align(model, a, b, method=method, data=data, graph=graph, progress=False, **options).apply(b)
+            extra = setting["learn"] if method == "learned" else {}
+            result = align(model, a, b, method=method, data=data, graph=graph, progress=False, **options, **extra)
+            aligned = result.apply(b)
+        aligned_by[name] = aligned
         seconds.append(time.perf_counter() - started)
         curve = interpolate(model, a, aligned, data, alphas=alphas, progress=False)
         curves.append(curve[["loss", "accuracy"]])
@@ -122,28 +133,45 @@ def one_pair(task: str, model, data, a, b, *, alphas: int, fuse_epochs: int, set
     result = result.assign_coords(alignment=list(ALIGNMENTS))
     result["align_seconds"] = ("alignment", np.array(seconds))
     if task == "vit" and fuse_epochs is not None:
-        result = result.merge(fusion(model, data, graph, a, b, epochs=fuse_epochs, setting=setting))
+        result = result.merge(
+            fusion(model, data, graph, a, b, aligned_by["glmc, learned"], epochs=fuse_epochs, setting=setting)
+        )
     return result
 
 
-def fusion(model, data, graph, a, b, *, epochs: int, setting: dict) -> xr.Dataset:
-    """Test accuracy of vanilla averaging, OT fusion and OT fusion fine-tuned for ``epochs``."""
+def fusion(model, data, graph, a, b, glmc_aligned, *, epochs: int, setting: dict) -> xr.Dataset:
+    """Test accuracy of vanilla averaging, OT fusion and fusion after the learned GLMC
+    alignment (the midpoint of that path: ``fuse([a, b], method="learned", kinds="max")``),
+    each also fine-tuned for ``epochs``."""
+
+    def tune(state):
+        return ls.train(
+            model,
+            data,
+            start=state,
+            epochs=epochs,
+            optimizer="adamw",
+            lr=float(setting["train"]["lr"]) / 10,
+            weight_decay=0.05,
+            schedule="cosine",
+            batch_size=int(setting["train"]["batch_size"]),
+            data_seed=123,
+            progress=False,
+        ).state
+
     vanilla = ls.lerp(a, b, 0.5)
-    fused = fuse(model, [a, b], method="ot", graph=graph, progress=False)
-    tuned = ls.train(
-        model,
-        data,
-        start=fused,
-        epochs=epochs,
-        optimizer="adamw",
-        lr=float(setting["train"]["lr"]) / 10,
-        weight_decay=0.05,
-        schedule="cosine",
-        batch_size=int(setting["train"]["batch_size"]),
-        data_seed=123,
-        progress=False,
-    ).state
-    points = ls.AffineFamily.points([a, b, vanilla, fused, tuned], ["parent a", "parent b", "vanilla", "fused", "fused + fine-tune"])
+    ot = fuse(model, [a, b], method="ot", graph=graph, progress=False)
+    glmc = ls.lerp(a, glmc_aligned, 0.5)
+    names = [
+        "parent a",
+        "parent b",
+        "vanilla",
+        "OT fusion",
+        "OT fusion + fine-tune",
+        "GLMC fusion",
+        "GLMC fusion + fine-tune",
+    ]
+    points = ls.AffineFamily.points([a, b, vanilla, ot, tune(ot), glmc, tune(glmc)], names)
     result = ls.evaluate(model, points, {"test": data.test}, progress=False)
     return xr.Dataset({"fusion_accuracy": result.accuracy.sel(split="test").rename(point="fusion")})
 
@@ -155,7 +183,14 @@ def summarize(combined: xr.Dataset) -> list[dict[str, object]]:
         test = part.accuracy.sel(split="test")
         ends = (test.isel(alpha=0) + test.isel(alpha=-1)) / 2
         mid = test.sel(alpha=0.5, method="nearest")
-        barrier = barriers(part.drop_vars([v for v in part.data_vars if v not in ("loss", "accuracy")]))
+        curves = part[["loss", "accuracy"]]
+        barrier = xr.concat(
+            [
+                xr.concat([barriers(curves.sel(alignment=n, pair=p)) for p in part.pair.values], dim="pair")
+                for n in part.alignment.values
+            ],
+            dim="alignment",
+        ).assign_coords(alignment=part.alignment.values, pair=part.pair.values)
         barrier = barrier.loss_barrier.sel(split="test", kind="max_minus_mean")
         for name in part.alignment.values:
             rows.append(
@@ -212,7 +247,8 @@ def main() -> None:
     alphas = 3 if quick else args.alphas
     out = Path(args.out)
     run = ResumableRun(
-        out, {"tasks": tasks, "pairs": pairs, "alphas": alphas, "fuse_epochs": args.fuse_epochs, "settings": settings},
+        out,
+        {"tasks": tasks, "pairs": pairs, "alphas": alphas, "fuse_epochs": args.fuse_epochs, "settings": settings},
         function="transformer_lmc",
     )
     models = out / "models"
@@ -246,10 +282,10 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     print("test accuracy (percentage points), mean ± std over pairs; midpoint of the linear path unless stated:")
-    print(f"{'task':12s} {'alignment':18s} {'endpoints':>9s} {'midpoint':>16s} {'gap':>7s} {'loss barrier':>14s}")
+    print(f"{'task':12s} {'alignment':24s} {'endpoints':>9s} {'midpoint':>16s} {'gap':>7s} {'loss barrier':>14s}")
     for r in rows:
         print(
-            f"{r['task']:12s} {r['alignment']:18s} {100 * r['endpoints_test_acc_mean']:9.1f} "
+            f"{r['task']:12s} {r['alignment']:24s} {100 * r['endpoints_test_acc_mean']:9.1f} "
             f"{100 * r['midpoint_test_acc_mean']:8.1f} ± {100 * r['midpoint_test_acc_std']:4.1f} "
             f"{r['gap_points_mean']:7.1f} {r['test_loss_barrier_mean']:8.3f} ± {r['test_loss_barrier_std']:.3f}"
         )

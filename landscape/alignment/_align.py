@@ -4,6 +4,7 @@ and least-squares maps, and optimal transport."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +28,8 @@ from landscape.symmetry.layout import atoms
 
 __all__ = ["KIND_CHOICES", "METHODS", "activation_sites", "align", "build_graph", "group_specs", "run_alignment"]
 
-METHODS = ("weights", "activations", "ot", "sinkhorn")
-SOLVERS = {"weights": "lap", "activations": "lap", "ot": "emd", "sinkhorn": "sinkhorn"}
+METHODS = ("weights", "activations", "learned", "ot", "sinkhorn")
+SOLVERS = {"weights": "lap", "activations": "lap", "learned": "lap", "ot": "emd", "sinkhorn": "sinkhorn"}
 KIND_CHOICES = ("permutation", "orthogonal", "invertible", "max")
 
 
@@ -80,6 +81,9 @@ def align(
     seed: int = 0,
     n_examples: int | None = None,
     batch_size: int = 1024,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    alphas: tuple[float, float] = (0.4, 0.6),
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> Alignment:
@@ -109,7 +113,11 @@ def align(
         (``ot.sinkhorn``, regularisation ``reg``); soft plans are applied by barycentric
         projection (Singh & Jaggi 2020). The transport cost is the squared distance between
         units, so exact OT with uniform marginals between equal widths picks the same
-        permutation as weight matching.
+        permutation as weight matching. ``"learned"``: weight matching, then the maps are
+        refined by gradient descent on the training loss of ``(1 - t) a + t T(b)`` for ``t``
+        drawn from ``alphas`` (straight-through permutations, Ainsworth et al. 2023; the
+        learned alignment of Theus et al. 2025), for ``epochs`` passes over ``data`` with Adam
+        at ``lr`` in batches of ``batch_size``.
     kinds
         The widest maps to solve for: ``"permutation"``, ``"orthogonal"`` (orthogonal where the
         graph allows it, permutations elsewhere), ``"invertible"``/``"max"`` (everything each
@@ -135,7 +143,11 @@ def align(
     seed
         Seed of the order in which groups are visited.
     n_examples, batch_size
-        Examples of ``data`` to use (default all) and examples per forward pass.
+        Examples of ``data`` to use (default all) and examples per forward pass (per step
+        for ``"learned"``).
+    epochs, lr, alphas
+        For ``"learned"``: passes over the training data, Adam's learning rate, and the range
+        the interpolation coefficient is drawn from.
     device
         Where activations are computed and the matching's products run (``"auto"``: CUDA
         when present); the maps come back on the CPU.
@@ -164,7 +176,7 @@ def align(
         on = "activations" if method == "activations" else "weights"
     if (
         on not in ("weights", "activations")
-        or (method == "weights" and on != "weights")
+        or (method in ("weights", "learned") and on != "weights")
         or (method == "activations" and on != "activations")
     ):
         raise bad_argument(
@@ -188,6 +200,21 @@ def align(
     check_solver_options("align", method, reg, marginals)
     if not isinstance(max_iter, int) or max_iter < 1:
         raise bad_argument("align", "max_iter", expected="a positive integer", found=repr(max_iter))
+    if method == "learned":
+        if data is None:
+            raise bad_argument(
+                "align",
+                "data",
+                expected="labelled training data for method='learned'",
+                found=None,
+                fix="Pass data=landscape.datasets.digits() (or your (x, y) pair).",
+            )
+        if not isinstance(epochs, int) or epochs < 0:
+            raise bad_argument("align", "epochs", expected="a non-negative integer", found=repr(epochs))
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise bad_argument("align", "lr", expected="a positive learning rate", found=repr(lr))
+        if not (len(alphas) == 2 and 0 <= alphas[0] <= alphas[1] <= 1):
+            raise bad_argument("align", "alphas", expected="(low, high) with 0 <= low <= high <= 1", found=repr(alphas))
     if on == "activations" and data is None:
         raise bad_argument(
             "align",
@@ -236,6 +263,8 @@ def align(
         batch_size=batch_size,
         device=dev,
         progress=progress,
+        model=model,
+        learning={"epochs": epochs, "lr": lr, "alphas": tuple(alphas)},
     )
 
 
@@ -259,6 +288,8 @@ def run_alignment(
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    model: nn.Module | None = None,
+    learning: Mapping[str, object] | None = None,
 ) -> Alignment:
     """The work of :func:`align` on validated states (``a`` may be narrower than ``graph``'s
     model, as in fusion into fewer units)."""
@@ -298,19 +329,51 @@ def run_alignment(
             bar.update(1)
             bar.set_postfix(objective=f"{value:.4g}")
 
+        start = specs
+        if method == "learned":  # learning starts from norm-preserving maps (well conditioned)
+            start = {g: replace(sp, kind="orthogonal") if sp.kind == "invertible" else sp for g, sp in specs.items()}
         history = coordinate_descent(
             terms,
             groups,
             a_sizes,
             b_sizes,
             solver=SOLVERS[method],
-            specs=specs,
+            specs=start,
             reg=reg,
             marginals=marginals,
             max_iter=max_iter,
             seed=seed,
             progress=tick,
         )
+    if method == "learned":
+        from landscape.alignment._learned import learn_maps
+        from landscape.core.data import as_splits
+
+        splits, _ = as_splits(data, function="align")
+        x, y = splits["train"] if "train" in splits else next(iter(splits.values()))
+        if n_examples is not None:
+            x, y = x[:n_examples], y[:n_examples]
+        learning = dict(learning or {})
+        maps, losses = learn_maps(
+            model,
+            graph,
+            fa,
+            fb,
+            history.maps,
+            specs,
+            x,
+            y,
+            epochs=int(learning.get("epochs", 3)),
+            lr=float(learning.get("lr", 1e-3)),
+            batch_size=min(batch_size, 128),
+            alphas=tuple(learning.get("alphas", (0.4, 0.6))),
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+        history.maps = {**history.maps, **maps}
+        options.update({k: v for k, v in learning.items()})
+        options["final_loss"] = losses[-1] if losses else None
     return Alignment(
         graph,
         history,

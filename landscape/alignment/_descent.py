@@ -15,6 +15,7 @@ objective is updated from them, so a round costs only the products that changed.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -129,21 +130,34 @@ def coordinate_descent(
     equal = all(ref_sizes[g] == other_sizes[g] for g in active)
     identity: dict[str, Transform] = {g: Permutation(torch.arange(ref_sizes[g])) for g in active} if equal else {}
     by_distance = any(specs[g].kind == "invertible" for g in active) and not transport
+    # Improvements below float32's resolution are noise when some products run in float32.
+    if any(t.ref.dtype == torch.float32 for t in terms):
+        tol = max(tol, 1e-7)
+    # Every change of a map gets a fresh stamp: cached statistics are keyed by the stamps of
+    # the other groups' maps (a rejected step restores the old stamp, never reuses a new one).
+    stamp = itertools.count(1)
     version = dict.fromkeys(active, 0)
     cache: dict[tuple[int, str, str], tuple[tuple, Stats | None]] = {}
 
-    def stats(
-        i: int, g: str, maps: Mapping[str, Transform], *, per: str | None, grams: bool, only=None, without=frozenset()
-    ):
+    def stats(i: int, g: str, maps: Mapping[str, Transform], *, per: str | None, grams: bool, without=frozenset()):
         t = terms[i]
         key = tuple((h, version.get(h, 0), h in maps) for h in sorted(t.groups) if h != g)
-        tag = (i, g, f"{per}|{grams}|{sorted(only) if only is not None else None}|{sorted(without)}")
+        tag = (i, g, f"{per}|{grams}|{sorted(without)}")
         hit = cache.get(tag)
         if hit is not None and hit[0] == key:
             return hit[1]
-        found = t.stats(g, maps, ref_sizes, other_sizes, per=per, grams=grams, only=only, without=without)
+        found = t.stats(g, maps, ref_sizes, other_sizes, per=per, grams=grams, norms=transport, without=without)
         cache[tag] = (key, found)
         return found
+
+    # The statistics a group's current map was solved from: solving again from the same ones
+    # gives the same map, so it is skipped (a converged round costs no assignment).
+    solved_from: dict[str, tuple | None] = {}
+
+    def inputs_of(g: str, maps: Mapping[str, Transform], indices: Sequence[int]) -> tuple:
+        return tuple(
+            (i, tuple((h, version.get(h, 0), h in maps) for h in sorted(terms[i].groups) if h != g)) for i in indices
+        )
 
     # -- values of the terms under the current maps ------------------------------------------
     values: list[tuple[float, float]] = []
@@ -164,10 +178,15 @@ def coordinate_descent(
         spec = specs[g]
         per = spec.per if g in heads_of else None
         grams = spec.kind == "invertible" and not transport
-        parts = {i: stats(i, g, maps, per=per, grams=grams, only=only) for i in by_group[g]}
+        included = [i for i in by_group[g] if only is None or (terms[i].groups - {g}) <= only]
+        signature = inputs_of(g, maps, included)
+        if only is None and g in maps and solved_from.get(g) == signature:
+            return maps[g], {}  # nothing it depends on changed
+        parts = {i: stats(i, g, maps, per=per, grams=grams) for i in included}
         parts = {i: p for i, p in parts.items() if p is not None}
         if not parts:
             return None
+        solved_from[g] = signature if only is None else None
         summed = _sum(list(parts.values()))
         if transport:
             return _transport(summed, solver, reg, marginals), parts
@@ -176,8 +195,8 @@ def coordinate_descent(
                 solve_map(
                     spec.kind,
                     summed.s[h],
-                    summed.goo_out[h] if summed.goo_out is not None else None,
-                    summed.grr_in[h] if summed.grr_in is not None else None,
+                    summed.goo[h] if summed.goo is not None else None,
+                    summed.grr[h] if summed.grr is not None else None,
                     centered=spec.centered,
                     rotary=spec.rotary,
                 )
@@ -185,7 +204,7 @@ def coordinate_descent(
             ]
             return PerHead(found, per), parts
         return solve_map(
-            spec.kind, summed.s, summed.goo_out, summed.grr_in, centered=spec.centered, rotary=spec.rotary
+            spec.kind, summed.s, summed.goo, summed.grr, centered=spec.centered, rotary=spec.rotary
         ), parts
 
     def solve_heads(h: str, maps: dict[str, Transform]) -> Permutation | None:
@@ -206,8 +225,8 @@ def coordinate_descent(
                     scores[x, y] += best_value(
                         spec.kind,
                         b.s[x, y],
-                        b.goo_out[x, y] if b.goo_out is not None else None,
-                        b.grr_in[x, y] if b.grr_in is not None else None,
+                        b.goo[x, y] if b.goo is not None else None,
+                        b.grr[x, y] if b.grr is not None else None,
                         centered=spec.centered,
                         rotary=spec.rotary,
                     )
@@ -222,6 +241,7 @@ def coordinate_descent(
         the objective improves. Returns whether anything changed."""
         moved = [g, *children.get(g, [])] if children.get(g) else [g]
         old = {m: maps.get(m) for m in moved}
+        old_version = {m: version[m] for m in moved}
         before = criterion(*total())
         parts_of: dict[str, dict] = {}
         if children.get(g):
@@ -229,22 +249,23 @@ def coordinate_descent(
             if found is None:
                 return False
             maps[g] = found
-            version[g] += 1
+            version[g] = next(stamp)
             for c in children[g]:
                 got = solve(c, maps)
                 if got is not None:
                     maps[c] = got[0]
-                    version[c] += 1
+                    version[c] = next(stamp)
         else:
             got = solve(g, maps)
             if got is None or _same(maps.get(g), got[0]):
                 return False
             maps[g], parts_of[g] = got
-            version[g] += 1
+            version[g] = next(stamp)
         if all(_same(old[m], maps[m]) for m in moved if maps.get(m) is not None and old[m] is not None):
             for m in moved:
                 if old[m] is not None:
                     maps[m] = old[m]
+                version[m] = old_version[m]
             return False
         touched = sorted({i for m in moved for i in by_group[m]})
         saved = [values[i] for i in touched]
@@ -270,7 +291,7 @@ def coordinate_descent(
                     maps.pop(m, None)
                 else:
                     maps[m] = old[m]
-                version[m] += 1
+                version[m] = old_version[m]  # statistics computed under the old maps hold again
             for i, v in zip(touched, saved):
                 values[i] = v
             return False
@@ -295,12 +316,12 @@ def coordinate_descent(
         if children.get(g) and equal:
             found = solve_heads(g, maps)
             maps[g] = found
-            version[g] += 1
+            version[g] = next(stamp)
             for c in children[g]:
                 got = solve(c, maps)
                 if got is not None:
                     maps[c] = got[0]
-                    version[c] += 1
+                    version[c] = next(stamp)
             done.update((g, *children[g]))
             result.steps.extend((0, m, float("nan"), True) for m in (g, *children[g]))
             continue
@@ -315,11 +336,11 @@ def coordinate_descent(
                 blocks = [b for b in blocks if b is not None]
                 if blocks:
                     maps[g] = solve_block_assignment(sum(blocks))
-                    version[g] += 1
+                    version[g] = next(stamp)
                     got = solve(h, maps)
                     if got is not None:
                         maps[h] = got[0]
-                        version[h] += 1
+                        version[h] = next(stamp)
                     done.update((g, h))
                     result.steps.append((0, g, float("nan"), True))
                     result.steps.append((0, h, float("nan"), True))
@@ -329,7 +350,7 @@ def coordinate_descent(
             got = solve(g, maps)
         if got is not None:
             maps[g] = got[0]
-            version[g] += 1
+            version[g] = next(stamp)
         done.add(g)
         result.steps.append((0, g, float("nan"), True))
     recompute(range(len(terms)), maps) if equal or all(g in maps for g in active) else None
@@ -338,7 +359,7 @@ def coordinate_descent(
     if equal and not criterion(*total()) >= criterion(*start):
         maps = dict(identity)
         for g in active:
-            version[g] += 1
+            version[g] = next(stamp)
         recompute(range(len(terms)), maps)
     current = total()
     result.steps = [(r, g, current[0], True) for r, g, _, _ in result.steps]
@@ -361,7 +382,7 @@ def coordinate_descent(
                     result.steps.append((r, g, total()[0], False))
                     continue
                 maps[g] = got[0]
-                version[g] += 1
+                version[g] = next(stamp)
                 recompute(by_group[g], maps)
                 changed += 1
                 result.steps.append((r, g, total()[0], True))

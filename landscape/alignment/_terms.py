@@ -98,28 +98,21 @@ def select_pair(
 class Stats:
     """A term's statistics for one group (leading head axis for per-head groups).
 
-    ``s_out``/``s_in``: ``a``'s units against ``b``'s at places where the group acts like an
-    activation / by its inverse transpose; ``goo_out``/``goo_in``: ``b``'s Gram matrices there;
-    ``grr_in``: ``a``'s Gram at the inverse-transpose places; ``rr``: ``a``'s squared norm;
-    ``ref_sq``/``other_sq``: the units' squared norms (transport costs); ``linear``: the term
-    holds the group once, so its value is linear in the group's permutation or orthogonal map.
+    ``s``: ``a``'s units against ``b``'s; ``goo``: ``b``'s Gram matrix at the places where the
+    group acts like an activation; ``grr``: ``a``'s Gram matrix where it acts by its inverse
+    transpose (both only for least squares); ``ref_sq``/``other_sq``: the units' squared norms
+    (transport costs, only for transport); ``linear``: the term holds the group once, so its
+    value is linear in the group's permutation or orthogonal map.
     """
 
-    s_out: Tensor
-    s_in: Tensor
-    goo_out: Tensor | None
-    goo_in: Tensor | None
-    grr_in: Tensor | None
-    rr: float
-    ref_sq: Tensor
-    other_sq: Tensor
-    ref_imp: Tensor
-    other_imp: Tensor
+    s: Tensor
+    goo: Tensor | None = None
+    grr: Tensor | None = None
+    ref_sq: Tensor | None = None
+    other_sq: Tensor | None = None
+    ref_imp: Tensor | None = None
+    other_imp: Tensor | None = None
     linear: bool = True
-
-    @property
-    def s(self) -> Tensor:
-        return self.s_out + self.s_in
 
     def __add__(self, other: Stats) -> Stats:
         def add(x: Tensor | None, y: Tensor | None) -> Tensor | None:
@@ -130,39 +123,42 @@ class Stats:
             return x + y
 
         return Stats(
-            self.s_out + other.s_out,
-            self.s_in + other.s_in,
-            add(self.goo_out, other.goo_out),
-            add(self.goo_in, other.goo_in),
-            add(self.grr_in, other.grr_in),
-            self.rr + other.rr,
-            self.ref_sq + other.ref_sq,
-            self.other_sq + other.other_sq,
-            self.ref_imp + other.ref_imp,
-            self.other_imp + other.other_imp,
+            self.s + other.s,
+            add(self.goo, other.goo),
+            add(self.grr, other.grr),
+            add(self.ref_sq, other.ref_sq),
+            add(self.other_sq, other.other_sq),
+            add(self.ref_imp, other.ref_imp),
+            add(self.other_imp, other.other_imp),
             self.linear and other.linear,
         )
 
 
-def _stats(r: Tensor, o: Tensor, variance: str, grams: bool, linear: bool) -> Stats:
-    """Statistics of one place: ``r``, ``o`` are (units x rest) or (heads, units, rest)."""
+def _stats(r: Tensor, o: Tensor, variance: str, *, grams: bool, norms: bool, linear: bool) -> Stats:
+    """Statistics of one place: ``r``, ``o`` are (units x rest) or (heads, units, rest); the
+    products run in the tensors' dtype and come back in float64 on the CPU."""
+
+    def out(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.double().cpu()
+
     s = r @ o.transpose(-1, -2)
-    zero = torch.zeros_like(s)
-    rsq, osq = (r * r).sum(-1), (o * o).sum(-1)
-    goo = o @ o.transpose(-1, -2) if grams else None
+    goo = o @ o.transpose(-1, -2) if grams and variance == "out" else None
     grr = r @ r.transpose(-1, -2) if grams and variance == "in" else None
-    if variance == "out":
-        return Stats(s, zero, goo, None, None, float((r * r).sum()), rsq, osq, rsq, osq, linear)
-    return Stats(zero, s, None, goo, grr, float((r * r).sum()), rsq, osq, rsq, osq, linear)
+    rsq = (r * r).sum(-1) if norms else None
+    osq = (o * o).sum(-1) if norms else None
+    return Stats(out(s), out(goo), out(grr), out(rsq), out(osq), out(rsq), out(osq), linear)
 
 
 class TensorTerm:
-    """``a``'s tensor against ``b``'s after the transforms (a parameter), in ``dtype``.
+    """``a``'s tensor against ``b``'s after the transforms (a parameter).
 
-    Products run in float32 by default: the assignments they lead to are those of float64
-    except between candidates whose scores differ by less than float32 resolution (the
-    benchmark checks that the objective reached is the same), at half the memory traffic.
+    Products run in float64 for tensors up to ``2**20`` numbers and in float32 above (the
+    dense layers of VGG-sized networks): there the assignments are those of float64 except
+    between candidates whose scores differ by less than float32 resolution (the benchmark
+    reports the objective reached both ways), at half the memory traffic and twice the speed.
     """
+
+    FLOAT64_UP_TO = 2**20
 
     def __init__(
         self,
@@ -172,9 +168,11 @@ class TensorTerm:
         layouts: Sequence[Layout],
         variances: Sequence[str],
         *,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.name = name
+        if dtype is None:
+            dtype = torch.float64 if ref.numel() <= self.FLOAT64_UP_TO else torch.float32
         self.ref = ref.detach().to(dtype)
         self.other = other.detach().to(dtype)
         self.layouts = tuple(layouts)
@@ -186,7 +184,7 @@ class TensorTerm:
         ]
         self.groups = {g for _, _, g, _ in self.places}
         self.counts = {g: sum(1 for p in self.places if p[2] == g) for g in self.groups}
-        self._rr = float((self.ref.double() ** 2).sum())
+        self._rr = float((self.ref * self.ref).sum(dtype=torch.float64))
 
     # -- values --------------------------------------------------------------------------
     def moved(self, maps: Mapping[str, Transform], other_sizes: Mapping[str, int]) -> Tensor:
@@ -194,12 +192,11 @@ class TensorTerm:
 
     def value(self, maps: Mapping[str, Transform], other_sizes: Mapping[str, int]) -> tuple[float, float]:
         """``(<a, T(b)>, ||a - T(b)||^2)``, in float64."""
-        moved = self.moved(maps, other_sizes)
+        moved = self.moved(maps, other_sizes).to(self.ref.dtype)
         if moved.shape != self.ref.shape:
             return float("nan"), float("nan")
-        moved = moved.double()
-        inner = float((self.ref.double() * moved).sum())
-        return inner, self._rr - 2 * inner + float((moved * moved).sum())
+        inner = float((self.ref * moved).sum(dtype=torch.float64))
+        return inner, self._rr - 2 * inner + float((moved * moved).sum(dtype=torch.float64))
 
     # -- statistics for one group -------------------------------------------------------------
     def stats(
@@ -211,6 +208,7 @@ class TensorTerm:
         *,
         per: str | None = None,
         grams: bool = False,
+        norms: bool = False,
         only: set[str] | None = None,
         without: set[str] = frozenset(),
     ) -> Stats | None:
@@ -248,10 +246,9 @@ class TensorTerm:
                 o = select(moved, k, self.layouts[k], path, mixed)
             if r.shape[-1] != o.shape[-1]:
                 continue
-            part = _stats(
-                r.double() if grams else r, o.double() if grams else o, variance, grams, self.counts[group] == 1
-            )
-            part = _as_double(part)
+            if grams:  # least squares: Gram matrices in float64
+                r, o = r.double(), o.double()
+            part = _stats(r, o, variance, grams=grams, norms=norms, linear=self.counts[group] == 1)
             total = part if total is None else total + part
         return total
 
@@ -298,16 +295,12 @@ class TensorTerm:
             r = select_pair(self.ref, k, self.layouts[k], prefix, qh, qg, ref_sizes).double()
             o = select_pair(moved, k, self.layouts[k], prefix, qh, qg, other_sizes).double()
             s = torch.einsum("anr,bmr->abnm", r, o)
-            zero = torch.zeros_like(s)
-            goo = torch.einsum("bnr,bmr->bnm", o, o)[None].expand(r.shape[0], -1, -1, -1) if grams else None
-            grr = torch.einsum("anr,amr->anm", r, r)[:, None].expand(-1, o.shape[0], -1, -1) if grams else None
-            rsq = (r * r).sum(-1)[:, None].expand(-1, o.shape[0], -1)
-            osq = (o * o).sum(-1)[None].expand(r.shape[0], -1, -1)
-            rr = float((r * r).sum())
-            if variance == "out":
-                part = Stats(s, zero, goo, None, None, rr, rsq, osq, rsq, osq)
-            else:
-                part = Stats(zero, s, None, goo, grr if grams else None, rr, rsq, osq, rsq, osq)
+            goo = grr = None
+            if grams and variance == "out":
+                goo = torch.einsum("bnr,bmr->bnm", o, o)[None].expand(r.shape[0], -1, -1, -1)
+            if grams and variance == "in":
+                grr = torch.einsum("anr,amr->anm", r, r)[:, None].expand(-1, o.shape[0], -1, -1)
+            part = Stats(s, goo, grr)
             total = part if total is None else total + part
         return total
 
@@ -345,16 +338,6 @@ class TensorTerm:
                 part = torch.einsum("abr,cdr->abcd", r, o)
                 total = part if total is None else total + part
         return total
-
-
-def _as_double(s: Stats) -> Stats:
-    def d(x: Tensor | None) -> Tensor | None:
-        return None if x is None else x.double()
-
-    return Stats(
-        d(s.s_out), d(s.s_in), d(s.goo_out), d(s.goo_in), d(s.grr_in), s.rr,
-        d(s.ref_sq), d(s.other_sq), d(s.ref_imp), d(s.other_imp), s.linear,
-    )  # fmt: skip
 
 
 class ActivationTerm(TensorTerm):
@@ -396,7 +379,9 @@ class GramTerm(TensorTerm):
         # Standardised units: for permutations the distance is a constant minus twice this.
         return inner, -2.0 * inner
 
-    def stats(self, group, maps, ref_sizes, other_sizes, *, per=None, grams=False, only=None, without=frozenset()):
+    def stats(
+        self, group, maps, ref_sizes, other_sizes, *, per=None, grams=False, norms=False, only=None, without=frozenset()
+    ):
         # Correlations of standardised units: every unit has norm 1, so the transport cost is
         # 2 - 2 corr; importance weights are the units' root-mean-square activations.
         if self.bare and per is None:
@@ -411,4 +396,4 @@ class GramTerm(TensorTerm):
             other_imp = torch.ones((*s.shape[:-2], s.shape[-1]), dtype=torch.float64)
         ones_r = torch.ones(s.shape[:-1], dtype=torch.float64)
         ones_o = torch.ones((*s.shape[:-2], s.shape[-1]), dtype=torch.float64)
-        return Stats(s, torch.zeros_like(s), None, None, None, 0.0, ones_r, ones_o, ref_imp, other_imp)
+        return Stats(s.double(), None, None, ones_r, ones_o, ref_imp.double(), other_imp.double())

@@ -1,5 +1,7 @@
 """Real datasets that need no download: mnist1d (generated locally), scikit-learn's 8x8
-digits, and character-level text from Python's own docstrings.
+digits, and character-level text from Python's own docstrings; and non-IID partitions of any
+labelled dataset (by label subsets or a Dirichlet draw), so that networks see different
+distributions.
 
 Generated arrays are cached in memory and, unless ``LANDSCAPE_NO_CACHE`` is set, in
 ``$LANDSCAPE_CACHE_DIR`` (default ``~/.cache/landscape``) so that repeated runs start fast.
@@ -12,17 +14,16 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from landscape.core.data import Splits
+from landscape.core.data import Splits, as_splits
 from landscape.core.errors import bad_argument
 
-__all__ = ["VOCABULARY", "digits", "docstrings", "mnist1d"]
+__all__ = ["VOCABULARY", "digits", "docstring_texts", "docstrings", "mnist1d", "split_by_labels", "split_dirichlet"]
 
 
 def _cache_dir() -> Path | None:
@@ -44,13 +45,16 @@ def _cached_arrays(name: str, config: dict[str, object], build) -> dict[str, np.
             path.unlink(missing_ok=True)  # a corrupt cache file is rebuilt, not trusted
     arrays = build()
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write to a temporary file first so a killed process never leaves half a cache file.
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-                np.savez(tmp, **arrays)
-            os.replace(tmp.name, path)
-        except OSError:
+        from landscape.core.errors import StorageError
+        from landscape.core.files import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+                np.savez(f, **arrays)
+
+        try:  # atomic: a killed process or a full disk never leaves half a cache file or a temp file
+            atomic_write(path, write, function=name)
+        except StorageError:
             pass  # a read-only home directory only costs regeneration time
     return arrays
 
@@ -193,6 +197,24 @@ def _collect_docstrings(texts: list[str]) -> None:
                 texts.append(doc.strip())
 
 
+def docstring_texts(split: str = "train") -> list[str]:
+    """The docstrings of Python's standard library as plain texts, offline: the ``"train"``
+    split holds the first 90% of them, ``"test"`` the rest (the same cut as :func:`docstrings`
+    makes in characters). For language models with their own tokenizer.
+
+    Examples
+    --------
+    >>> texts = docstring_texts("test")
+    >>> len(texts) > 10 and all(isinstance(t, str) for t in texts)
+    True
+    """
+    if split not in ("train", "test"):
+        raise bad_argument("docstring_texts", "split", expected="'train' or 'test'", found=repr(split))
+    texts = _docstring_corpus().split("\n\n")
+    cut = int(0.9 * len(texts))
+    return texts[:cut] if split == "train" else texts[cut:]
+
+
 def docstrings(context: int = 32, n_train: int = 2000, n_test: int = 500, seed: int = 0) -> Splits:
     """Character-level next-token data from the docstrings of Python's standard library.
 
@@ -220,3 +242,134 @@ def docstrings(context: int = 32, n_train: int = 2000, n_test: int = 500, seed: 
     splits = {"train": windows(ids[:cut], n_train), "test": windows(ids[cut:], n_test)}
     meta = {"dataset": "docstrings", "context": context, "seed": seed, "corpus_chars": len(ids)}
     return Splits(splits, name="docstrings", num_classes=len(VOCABULARY), meta=meta)
+
+
+# ---------------------------------------------------------------------------------------
+# Non-IID partitions
+# ---------------------------------------------------------------------------------------
+
+
+def _parts_of(data: object, split: str, function: str) -> tuple[Splits, torch.Tensor]:
+    splits, _ = as_splits(data, function=function, argument="data")
+    if split not in splits:
+        raise bad_argument(function, "split", expected=f"a split of data ({list(splits)})", found=repr(split))
+    labels = splits[split][1]
+    if labels.dim() != 1:
+        raise bad_argument(
+            function, "data", expected="one class label per example", found=f"labels {tuple(labels.shape)}"
+        )
+    return splits, labels
+
+
+def _with_part(splits: Splits, split: str, index: np.ndarray, meta: dict[str, object]) -> Splits:
+    chosen = torch.as_tensor(np.sort(index), dtype=torch.long)
+    parts = {name: ((x[chosen], y[chosen]) if name == split else (x, y)) for name, (x, y) in splits.items()}
+    return Splits(parts, name=splits.name, num_classes=splits.num_classes, meta={**splits.meta, **meta})
+
+
+def split_by_labels(data: object, labels: list[list[int]], *, split: str = "train") -> list[Splits]:
+    """Partition a dataset by class: part ``i`` holds the examples whose label is in ``labels[i]``.
+
+    Parameters
+    ----------
+    data
+        Labelled data (:class:`~landscape.core.data.Splits`, a dict of ``(x, y)`` splits or one pair).
+    labels
+        Disjoint lists of class labels, one per part (e.g. ``[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]``).
+    split
+        The split to partition; the other splits (e.g. ``test``) are kept whole in every part,
+        so that every part is evaluated on all classes.
+
+    Returns
+    -------
+    list of Splits
+        One per part, in order; ``meta`` records the part's labels.
+
+    Examples
+    --------
+    >>> data = mnist1d(n_train=200, n_test=50)
+    >>> low, high = split_by_labels(data, [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
+    >>> int(low.train[1].max()), int(high.train[1].min()), len(low.test[1])
+    (4, 5, 50)
+    """
+    splits, y = _parts_of(data, split, "split_by_labels")
+    if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(p, (list, tuple)) for p in labels):
+        raise bad_argument("split_by_labels", "labels", expected="a list of lists of class labels", found=repr(labels))
+    flat = [int(c) for part in labels for c in part]
+    if len(flat) != len(set(flat)):
+        raise bad_argument("split_by_labels", "labels", expected="disjoint label lists", found=repr(labels))
+    y_np = y.numpy()
+    out = []
+    for i, part in enumerate(labels):
+        index = np.flatnonzero(np.isin(y_np, np.asarray(part, dtype=np.int64)))
+        if index.size == 0:
+            raise bad_argument(
+                "split_by_labels", "labels", expected=f"labels that occur in the {split!r} split", found=repr(part)
+            )
+        out.append(_with_part(splits, split, index, {"part": i, "labels": [int(c) for c in part]}))
+    return out
+
+
+def split_dirichlet(
+    data: object, parts: int, *, concentration: float = 0.5, seed: int = 0, split: str = "train"
+) -> list[Splits]:
+    """Partition a dataset into ``parts`` with class proportions drawn from a Dirichlet
+    distribution (Hsu et al. 2019): for every class, the shares of its examples that go to the
+    parts are drawn from ``Dirichlet(concentration, ..., concentration)``. Small
+    concentrations give parts dominated by a few classes; large ones approach an IID split.
+
+    Parameters
+    ----------
+    data
+        Labelled data.
+    parts
+        Number of parts (at least 2).
+    concentration
+        The Dirichlet parameter (positive).
+    seed
+        Seed of the draw and of the shuffling within classes; the same seed gives the same parts.
+    split
+        The split to partition; the other splits are kept whole in every part.
+
+    Returns
+    -------
+    list of Splits
+        One per part; every example of ``split`` is in exactly one part. ``meta`` records the
+        part, the concentration and the seed.
+
+    Examples
+    --------
+    >>> data = mnist1d(n_train=200, n_test=50)
+    >>> parts = split_dirichlet(data, 3, concentration=0.3, seed=0)
+    >>> sum(len(p.train[1]) for p in parts)
+    200
+    """
+    splits, y = _parts_of(data, split, "split_dirichlet")
+    if not isinstance(parts, int) or isinstance(parts, bool) or parts < 2:
+        raise bad_argument("split_dirichlet", "parts", expected="an integer >= 2", found=repr(parts))
+    if not isinstance(concentration, (int, float)) or not concentration > 0:
+        raise bad_argument("split_dirichlet", "concentration", expected="a positive number", found=repr(concentration))
+    rng = np.random.default_rng(int(seed))
+    y_np = y.numpy()
+    chosen: list[list[np.ndarray]] = [[] for _ in range(parts)]
+    for c in np.unique(y_np):
+        index = rng.permutation(np.flatnonzero(y_np == c))
+        shares = rng.dirichlet(np.full(parts, float(concentration)))
+        cuts = np.floor(np.cumsum(shares)[:-1] * index.size).astype(np.int64)
+        for i, piece in enumerate(np.split(index, cuts)):
+            chosen[i].append(piece)
+    out = []
+    for i, pieces in enumerate(chosen):
+        index = np.concatenate(pieces)
+        if index.size == 0:
+            raise bad_argument(
+                "split_dirichlet",
+                "concentration",
+                expected="parts that all receive examples",
+                found=f"part {i} empty with concentration {concentration} and seed {seed}",
+                fix="Use a larger concentration, fewer parts or another seed.",
+            )
+        out.append(
+            _with_part(splits, split, index, {"part": i, "concentration": float(concentration), "seed": int(seed)})
+        )
+    return out

@@ -100,7 +100,8 @@ def _slug(name: str) -> str:
 
 
 def summary(curves: dict[str, xr.Dataset], table: xr.Dataset) -> str:
-    """Endpoint and midpoint accuracy, the vanilla barrier table, and the aligned curves."""
+    """Endpoint and midpoint accuracy, the vanilla barrier table, and the aligned curves, in
+    percent and percentage points (the saved results hold fractions)."""
     vanilla = curves["vanilla"].accuracy.sel(split="test")
     lines = [
         f"test accuracy: endpoint a {float(vanilla.isel(alpha=0)):.1%}, endpoint b {float(vanilla.isel(alpha=-1)):.1%}",
@@ -115,15 +116,15 @@ def summary(curves: dict[str, xr.Dataset], table: xr.Dataset) -> str:
         rows.append(
             {
                 "curve": name,
-                "midpoint test accuracy": float(curve.accuracy.sel(split="test").interp(alpha=0.5)),
-                "test loss barrier": float(connectivity.barrier(curve, metric="loss").sel(split="test")),
-                "test error barrier (points)": 100
-                * float(connectivity.barrier(curve, metric="error").sel(split="test")),
+                "midpoint test accuracy (%)": 100 * float(curve.accuracy.sel(split="test").interp(alpha=0.5)),
+                "test loss barrier (nats)": float(connectivity.barrier(curve, metric="loss").sel(split="test")),
+                "test error barrier (pp)": 100 * float(connectivity.barrier(curve, metric="error").sel(split="test")),
             }
         )
     lines += [
         "",
-        "after aligning b to a (barriers: max over alpha minus the mean of the endpoints):",
+        "after aligning b to a (percent and percentage points; barriers: max over alpha minus the mean of the"
+        " endpoints):",
         pd.DataFrame(rows).set_index("curve").to_string(float_format=lambda v: f"{v:.3f}"),
     ]
     return "\n".join(lines)

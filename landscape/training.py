@@ -27,6 +27,7 @@ from landscape.core.metrics import model_output_logits
 from landscape.core.progress import progress_bar
 from landscape.core.state import State, as_state, check_compatible, state_of
 from landscape.core.tied import canonical_state, expand_tied, tied_groups
+from landscape.core.validate import check_class_labels, check_data_device
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainResult", "init_state", "lr_at", "train"]
 
@@ -225,6 +226,7 @@ def train(
     """
     if not isinstance(model, nn.Module):
         raise bad_argument("train", "model", expected="an nn.Module", found=model)
+    check_data_device(data, function="train", argument="data")  # before as_splits reads any value
     splits, single = as_splits(data, function="train", argument="data")
     train_split = "data" if single else "train"
     if train_split not in splits:
@@ -338,6 +340,9 @@ def train(
                 for group in opt.param_groups:
                     group["lr"] = rate
                 logits = model_output_logits(work(xb))
+                if step == 0 and loss is None:  # the logits' width is the class count cross-entropy needs
+                    for labels in (y_train, *(() if eval_pair is None else (eval_pair[1],))):
+                        check_class_labels(labels, logits.shape[-1], function="train", argument="data")
                 value = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
                 value.backward()

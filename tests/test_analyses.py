@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
 
 matplotlib.use("Agg")
@@ -140,3 +141,25 @@ def test_concept_scripts_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         monkeypatch,
     )
     assert (out / "guidance" / "summary.md").exists() and (out / "guidance" / "curves.png").exists()
+
+
+def test_fusion_family_quick_has_every_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import landscape as ls
+
+    out = tmp_path / "fusion"
+    _run("fusion_family.py", ["--quick", "--out", str(out)], monkeypatch)
+    acc = ls.load_result(out / "combined.nc").test_accuracy
+    assert sorted(acc.combo.values.tolist()) == ["digits-cnn", "mnist1d-mlp"]
+    names = set(acc.model.values.tolist())
+    for sparsity in (30, 50, 70):
+        for method in ("discard", "fuse", "discard + repair", "fuse + repair"):
+            assert f"prune {sparsity}% {method}" in names
+    for parents in (2, 4):
+        for method in ("vanilla", "ot", "zipit", "neuron interpolation"):
+            assert {f"{parents} parents: {method}", f"{parents} parents: {method} + 1 epoch"} <= names
+    assert {"zip: parent 0", "zip: parent 1", "zip: up to features.act1", "zip: full"} <= names
+    assert "zip: up to features.act3" in names  # the CNN has three hidden layers
+    values = acc.values[np.isfinite(acc.values)]
+    assert values.size > 70 and ((values >= 0) & (values <= 1)).all()
+    table = (out / "table.md").read_text()
+    assert "| prune 50% fuse |" in table and "± 0.000" in table

@@ -8,7 +8,9 @@ group's kind (permutations, orthogonal maps, invertible maps, transport plans), 
 symmetry groups that :func:`landscape.symmetry.symmetry_graph` finds by tracing the model, so
 it works on any traceable model without a hand-written description. :func:`repair` corrects
 the activation statistics of interpolated networks (``interpolate(..., correct=repair(...))``),
-and :func:`fuse` averages aligned networks.
+and :func:`fuse` averages aligned networks. :func:`neuron_interpolation` fuses by fitting each
+layer to clusters of the parents' neurons, and :func:`zipit` merges features within and across
+networks, optionally only up to a layer (a multi-head network).
 
 Examples
 --------
@@ -23,5 +25,29 @@ from landscape.alignment._align import KIND_CHOICES, METHODS, align
 from landscape.alignment._fusion import fuse
 from landscape.alignment._repair import Repair, correct_statistics, repair
 from landscape.alignment._result import Alignment
+from landscape.alignment.neuron_interpolation import (
+    ATTRIBUTIONS,
+    neuron_attribution,
+    neuron_interpolation,
+    weighted_kmeans,
+)
+from landscape.alignment.zipit import Zipped, ZippedModel, match_features, zipit
 
-__all__ = ["KIND_CHOICES", "METHODS", "Alignment", "Repair", "align", "correct_statistics", "fuse", "repair"]
+__all__ = [
+    "ATTRIBUTIONS",
+    "KIND_CHOICES",
+    "METHODS",
+    "Alignment",
+    "Repair",
+    "Zipped",
+    "ZippedModel",
+    "align",
+    "correct_statistics",
+    "fuse",
+    "match_features",
+    "neuron_attribution",
+    "neuron_interpolation",
+    "repair",
+    "weighted_kmeans",
+    "zipit",
+]

@@ -23,6 +23,7 @@ from landscape.core.device import resolve_device
 from landscape.core.errors import StateMismatchError, bad_argument
 from landscape.core.progress import progress_bar
 from landscape.core.state import State, check_compatible
+from landscape.core.validate import check_finite_state
 from landscape.symmetry import KINDS, Fixed, SymmetryGraph, example_input_for, symmetry_graph
 from landscape.symmetry.layout import atoms
 
@@ -227,6 +228,8 @@ def align(
     dev = resolve_device(device, function="align")
     sa = load(a, function="align", argument="a")
     sb = load(b, function="align", argument="b")
+    check_finite_state(sa, function="align", argument="a")  # scipy's assignment fails on NaN
+    check_finite_state(sb, function="align", argument="b")
     check_compatible(model.state_dict(), sa, function="align", names=("model", "a"))
     graph = build_graph(model, graph, example_input, data, function="align")
     graph.sizes_of(sa, function="align", argument="a")  # the graph fits a

@@ -19,6 +19,7 @@ from landscape.core.io import checkpoint_record
 from landscape.core.state import State, check_compatible
 from landscape.symmetry import SymmetryGraph, Transform, apply_maps
 from landscape.symmetry.layout import apply_axis, select
+from landscape.symmetry.transforms import apply_transform
 
 __all__ = ["fuse"]
 
@@ -134,7 +135,9 @@ def fuse(
     method
         How each parent is aligned to the anchor: ``"ot"`` (exact transport, Singh & Jaggi
         2020; a permutation between equal widths), ``"sinkhorn"``, ``"weights"`` or
-        ``"activations"`` or ``"learned"`` (see :func:`align`).
+        ``"activations"`` or ``"learned"`` (see :func:`align`); or ``"neuron_interpolation"``
+        and ``"zipit"``, which fuse by other means (see :func:`neuron_interpolation` and
+        :func:`zipit`).
     kinds
         The widest maps the alignment may use (see :func:`align`; default ``"max"`` for
         matching, ``"permutation"`` for transport).
@@ -190,8 +193,17 @@ def fuse(
         raise bad_argument(
             "fuse", "states", expected="a list of at least two states, modules or checkpoint paths", found=states
         )
+    if method in ("neuron_interpolation", "zipit"):  # fusion families with their own modules
+        from landscape.alignment import neuron_interpolation, zipit
+
+        options = {"weights": weights, "graph": graph, "n_examples": n_examples, "batch_size": batch_size}
+        if method == "zipit":
+            return zipit(model, states, data, **options, progress=progress).state
+        return neuron_interpolation(model, states, data, **options, seed=seed, progress=progress)
     if method not in METHODS:
-        raise bad_argument("fuse", "method", expected=f"one of {METHODS}", found=repr(method))
+        raise bad_argument(
+            "fuse", "method", expected=f"one of {(*METHODS, 'neuron_interpolation', 'zipit')}", found=repr(method)
+        )
     if not isinstance(anchor, int) or not 0 <= anchor < len(states):
         raise bad_argument("fuse", "anchor", expected=f"an index between 0 and {len(states) - 1}", found=repr(anchor))
     parents = [load(s, function="fuse", argument=f"states[{i}]") for i, s in enumerate(states)]
@@ -366,7 +378,7 @@ def _repair_fused(
 
             def act(t: Tensor, d: int, atom: object, path: tuple, siblings: Mapping, maps: Mapping = maps) -> Tensor:
                 m = maps.get(str(atom.group))
-                return t if m is None else m.apply(t, d, "in" if atom.dual else "out", siblings)
+                return t if m is None else apply_transform(m, t, d, "in" if atom.dual else "out", siblings)
 
             mean = apply_axis(mean, 0, layout, act, sizes)
             std = apply_axis(std, 0, layout, act, sizes)

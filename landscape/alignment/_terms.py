@@ -25,6 +25,7 @@ from torch import Tensor
 
 from landscape.symmetry import Atom, Fixed, Layout, Prod, Sum, Transform
 from landscape.symmetry.layout import apply_axis, node_size, occurrences, select
+from landscape.symmetry.transforms import apply_transform
 
 __all__ = ["ActivationTerm", "GramTerm", "Stats", "TensorTerm", "apply_maps_to", "select_pair", "sibling_pairs"]
 
@@ -52,7 +53,7 @@ def apply_maps_to(
             if (k, path) in skip:
                 return t
             m = maps.get(str(atom.group))
-            return t if m is None else m.apply(t, d, flip(variances[k], atom), siblings)
+            return t if m is None else apply_transform(m, t, d, flip(variances[k], atom), siblings)
 
         out = apply_axis(out, k, lay, act, sizes)
     return out

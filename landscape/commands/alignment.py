@@ -19,12 +19,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     align.add_argument("a", help="reference checkpoint")
     align.add_argument("b", help="checkpoint to align to A")
     align.add_argument("--model", default=None, help="model spec (default: the one stored in the checkpoint)")
-    align.add_argument("--method", default="weights", choices=METHODS)
-    align.add_argument("--on", default=None, choices=("weights", "activations"), help="what ot/sinkhorn compare")
+    align.add_argument(
+        "--method",
+        default="weights",
+        choices=METHODS,
+        help="weight matching, activation matching, exact or entropic (Sinkhorn) optimal transport",
+    )
+    align.add_argument(
+        "--on",
+        default=None,
+        choices=("weights", "activations"),
+        help="what ot/sinkhorn compare (default: weights)",
+    )
     align.add_argument("--reg", type=float, default=0.01, help="sinkhorn regularisation (relative to the mean cost)")
-    align.add_argument("--marginals", default="uniform", choices=("uniform", "importance"))
+    align.add_argument(
+        "--marginals",
+        default="uniform",
+        choices=("uniform", "importance"),
+        help="mass of each unit in optimal transport: equal, or by the norm of its weights or activations",
+    )
     align.add_argument("--seed", type=int, default=0, help="seed of the order the groups are visited in")
-    align.add_argument("--max-iter", type=int, default=100)
+    align.add_argument("--max-iter", type=int, default=100, help="most rounds of coordinate descent")
     add_data_options(align)
     align.add_argument(
         "--curves",
@@ -45,12 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fuse.add_argument("checkpoints", nargs="+", help="two or more checkpoints of one architecture")
     fuse.add_argument("--model", default=None, help="model spec (default: the one stored in the checkpoints)")
-    fuse.add_argument("--method", default="ot", choices=METHODS)
+    fuse.add_argument("--method", default="ot", choices=METHODS, help="how the checkpoints are aligned to the anchor")
     fuse.add_argument("--anchor", type=int, default=0, help="index of the checkpoint the others are aligned to")
     fuse.add_argument("--target-width", type=int, default=None, help="fuse into this many units per group")
     fuse.add_argument("--repair", action="store_true", help="correct the fused statistics (needs --data)")
-    fuse.add_argument("--reg", type=float, default=0.01)
-    fuse.add_argument("--seed", type=int, default=0)
+    fuse.add_argument("--reg", type=float, default=0.01, help="sinkhorn regularisation (relative to the mean cost)")
+    fuse.add_argument("--seed", type=int, default=0, help="seed of the order the groups are visited in")
     add_data_options(fuse)
     fuse.add_argument("--evaluate", action="store_true", help="print test accuracy of parents, averages and ensemble")
     fuse.add_argument("--out", required=True, help="output .safetensors for the fused model")

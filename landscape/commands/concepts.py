@@ -7,8 +7,10 @@ import json
 import os
 from pathlib import Path
 
-from landscape.commands.common import add_run_options, output_path
-from landscape.core.errors import bad_argument
+from landscape.commands.common import add_run_options, bad_argument, output_path
+
+# Under LANDSCAPE_TINY=1 (see landscape.cli): a random two-layer model and a handful of texts.
+TINY = {"model": "tiny", "n": 32, "top_k": 1, "max_new_tokens": 4, "n_prompts": 2, "n_reference": 4}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,20 +28,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--concept", default="sentiment", help="sentiment, humor, or a JSONL file of {prompt, completion, label}"
     )
-    fit.add_argument("--n", type=int, default=256, help="examples of a named concept (default: %(default)s)")
+    fit.add_argument("--n", type=int, default=256, help="examples of a named concept")
     fit.add_argument("--seed", type=int, default=0, help="seed of the examples and of the validation split")
-    fit.add_argument("--kind", default="mean_diff", choices=("mean_diff", "logistic", "pca"))
-    fit.add_argument("--site", default="residual", choices=("residual", "pre_attn", "attn_out", "mlp_out"))
-    fit.add_argument("--read", default="last", choices=("last", "mean", "tokens"))
+    fit.add_argument(
+        "--kind",
+        default="mean_diff",
+        choices=("mean_diff", "logistic", "pca"),
+        help="probe: difference of class means, logistic regression, or PCA of paired differences",
+    )
+    fit.add_argument(
+        "--site",
+        default="residual",
+        choices=("residual", "pre_attn", "attn_out", "mlp_out"),
+        help="where in each layer the hidden state is read",
+    )
+    fit.add_argument(
+        "--read",
+        default="last",
+        choices=("last", "mean", "tokens"),
+        help="the completion's last token, the mean over its first --n-tokens, or each of them",
+    )
     fit.add_argument("--n-tokens", type=int, default=16, help="completion tokens read by --read mean/tokens")
     fit.add_argument("--layers", default="all", help="'all' or comma-separated layer indices")
-    fit.add_argument(
-        "--val-fraction", type=float, default=0.25, help="share of prompts held out (default: %(default)s)"
-    )
+    fit.add_argument("--val-fraction", type=float, default=0.25, help="share of prompts held out for validation")
     fit.add_argument("--out", required=True, help="output .safetensors file")
     fit.add_argument("--accuracy-out", default=None, help="also write the accuracy per layer to this netCDF file")
     add_run_options(fit)
-    fit.set_defaults(handler=run_fit)
+    fit.set_defaults(handler=run_fit, tiny=TINY)
 
     guide = sub.add_parser("guide", help="generate with and without guidance")
     _model_options(guide)
@@ -47,10 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     guide.add_argument("--probe", required=True, help="probe file written by `landscape concepts fit`")
     guide.add_argument("--alpha", type=float, required=True, help="strength (x mean activation norm unless --absolute)")
     _guide_options(guide)
-    guide.add_argument("--max-new-tokens", type=int, default=48)
+    guide.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per prompt")
     guide.add_argument("--no-compare", action="store_true", help="do not print the unguided completion")
     add_run_options(guide)
-    guide.set_defaults(handler=run_guide)
+    guide.set_defaults(handler=run_guide, tiny=TINY)
 
     curve = sub.add_parser("curve", help="effect and perplexity over guidance strengths, and PNES")
     _model_options(curve)
@@ -58,24 +73,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     curve.add_argument(
         "--alphas",
         default="-0.2,-0.1,-0.05,-0.025,0,0.025,0.05,0.1,0.2",
-        help="comma-separated strengths; write --alphas=-0.1,0,0.1 when the first is negative (default: %(default)s)",
+        help="comma-separated strengths; write --alphas=-0.1,0,0.1 when the first is negative",
     )
     curve.add_argument("--prompts", default=None, help="file of prompts, one per line (default: the concept's prompts)")
-    curve.add_argument("--n-prompts", type=int, default=20, help="prompts used (default: %(default)s)")
+    curve.add_argument("--n-prompts", type=int, default=20, help="prompts used")
     curve.add_argument(
         "--scorer", default=None, choices=("vader", "probe"), help="default: vader for sentiment, else probe"
     )
     curve.add_argument("--reference", default=None, help="JSONL or text file of neutral reference texts for perplexity")
-    curve.add_argument(
-        "--n-reference", type=int, default=32, help="built-in neutral reference texts (default: %(default)s)"
-    )
-    curve.add_argument("--max-new-tokens", type=int, default=32)
+    curve.add_argument("--n-reference", type=int, default=32, help="built-in neutral reference texts")
+    curve.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt")
     _guide_options(curve)
     curve.add_argument("--out", required=True, help="output netCDF file")
     curve.add_argument("--plot", default=None, help="also draw the curve and the PNES fit to this image")
     curve.add_argument("--resume", default=None, help="folder that keeps finished alphas, to resume a long run")
     add_run_options(curve)
-    curve.set_defaults(handler=run_curve)
+    curve.set_defaults(handler=run_curve, tiny={**TINY, "alphas": "-0.1,0,0.1"})
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +98,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="save_pretrained directory, .gguf file, 'tiny' (random, for trying things) or default SmolLM2-135M-Instruct",
     )
     parser.add_argument(
-        "--cache", default=os.environ.get("LANDSCAPE_LM_CACHE"), help="folder keeping a dequantised GGUF"
+        "--cache",
+        default=os.environ.get("LANDSCAPE_LM_CACHE"),
+        help="folder keeping a dequantised GGUF, so reloads are fast (default: $LANDSCAPE_LM_CACHE)",
     )
 
 

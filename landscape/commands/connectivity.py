@@ -8,44 +8,90 @@ from landscape.commands.common import add_data_options, add_run_options, load_da
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    lmc = subparsers.add_parser("lmc", help="interpolate between two checkpoints: curve and barriers")
-    lmc.add_argument("a", help="first checkpoint")
-    lmc.add_argument("b", help="second checkpoint")
-    lmc.add_argument("--alphas", type=int, default=25, help="points on the line, endpoints included")
-    lmc.add_argument("--bn", default="keep", choices=("keep", "reset"))
+    lmc = subparsers.add_parser(
+        "lmc",
+        help="interpolate between two checkpoints: curve and barriers",
+        description="Evaluate the straight line from checkpoint A (alpha 0) to B (alpha 1) and print the loss "
+        "and error barriers in the three definitions in use (error in percentage points).",
+    )
+    lmc.add_argument("a", help="first checkpoint (alpha = 0)")
+    lmc.add_argument("b", help="second checkpoint (alpha = 1)")
+    lmc.add_argument("--alphas", type=int, default=25, help="evenly spaced points on the line, endpoints included")
+    _bn_option(lmc)
     _common(lmc)
     lmc.set_defaults(handler=run_lmc)
 
-    plane = subparsers.add_parser("plane", help="the loss surface on the plane through three checkpoints")
-    plane.add_argument("a")
-    plane.add_argument("b")
-    plane.add_argument("c")
-    plane.add_argument("--resolution", type=int, default=21)
-    plane.add_argument("--margin", type=float, default=0.2)
+    plane = subparsers.add_parser(
+        "plane",
+        help="the loss surface on the plane through three checkpoints",
+        description="Evaluate the plane through checkpoints A, B and C (Garipov et al. 2018) on a grid; the "
+        "three checkpoints are marked in the figure.",
+    )
+    plane.add_argument("a", help="first checkpoint (the plane's origin)")
+    plane.add_argument("b", help="second checkpoint")
+    plane.add_argument("c", help="third checkpoint")
+    plane.add_argument("--resolution", type=int, default=21, help="grid points along each axis")
+    plane.add_argument(
+        "--margin", type=float, default=0.2, help="extra room around the three checkpoints, as a fraction of the span"
+    )
     _common(plane)
     plane.set_defaults(handler=run_plane)
 
-    surface = subparsers.add_parser("surface", help="the loss surface around a checkpoint along random directions")
-    surface.add_argument("a")
-    surface.add_argument("--span", type=float, default=1.0)
-    surface.add_argument("--resolution", type=int, default=21)
-    surface.add_argument("--normalization", default="filter", choices=("filter", "layer", "model", "none"))
+    surface = subparsers.add_parser(
+        "surface",
+        help="the loss surface around a checkpoint along random directions",
+        description="Evaluate the plane through checkpoint A spanned by two random directions, normalised "
+        "filter by filter as in Li et al. (2018).",
+    )
+    surface.add_argument("a", help="checkpoint at the centre of the surface")
+    surface.add_argument(
+        "--span", type=float, default=1.0, help="the grid runs from -span to +span along each direction"
+    )
+    surface.add_argument("--resolution", type=int, default=21, help="grid points along each axis")
+    surface.add_argument(
+        "--normalization",
+        default="filter",
+        choices=("filter", "layer", "model", "none"),
+        help="scale the random directions to the norm of each filter, layer or the whole model",
+    )
     surface.add_argument("--seed", type=int, default=0, help="seed of the random directions")
     _common(surface)
     surface.set_defaults(handler=run_surface)
 
     inst = subparsers.add_parser(
-        "instability", help="barrier between children trained from one state with different data orders"
+        "instability",
+        help="barrier between children trained from one state with different data orders",
+        description="Instability analysis (Frankle et al. 2020): for each start state, train two children "
+        "with different data orders and measure the error barrier between them. Without checkpoints, a "
+        "parent is trained up to the last of --steps and its checkpoints at --steps are the starts.",
     )
     inst.add_argument("checkpoints", nargs="*", help="start states; without them, train a parent and use --steps")
-    inst.add_argument("--steps", default="0,10,50,200", help="checkpoint steps of the parent (no checkpoints given)")
+    inst.add_argument(
+        "--steps",
+        default="0,10,50,200",
+        help="comma-separated steps of the parent to start children from (when no checkpoints are given)",
+    )
     inst.add_argument("--seed", type=int, default=0, help="initialisation seed of the parent")
-    inst.add_argument("--epochs", type=int, default=10, help="training epochs of each child (and of the parent)")
-    inst.add_argument("--lr", type=float, default=0.05)
-    inst.add_argument("--alphas", type=int, default=30)
-    inst.add_argument("--threshold", type=float, default=0.02, help="error barrier below which a net is stable")
+    inst.add_argument("--epochs", type=int, default=10, help="training epochs of each child")
+    inst.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of parent and children")
+    inst.add_argument("--alphas", type=int, default=30, help="points on the line between the two children")
+    inst.add_argument(
+        "--threshold",
+        type=float,
+        default=0.02,
+        help="error barrier (a fraction: 0.02 = 2 percentage points) below which a start counts as stable",
+    )
     _common(inst)
     inst.set_defaults(handler=run_instability)
+
+
+def _bn_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bn",
+        default="keep",
+        choices=("keep", "reset"),
+        help="BatchNorm statistics at each point: keep the interpolated ones, or reset them on training batches",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -65,9 +111,12 @@ def _finish(args: argparse.Namespace, result, draw) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         axes = draw(result)
         first = axes[0] if isinstance(axes, list) else axes
-        first.figure.savefig(output_path(args.plot), dpi=150)
+        first.figure.savefig(output_path(args.plot), dpi=150, bbox_inches="tight")
+        plt.close(first.figure)
         print(f"wrote {args.plot}")
 
 
@@ -96,7 +145,7 @@ def run_lmc(args: argparse.Namespace) -> int:
     )
     table = connectivity.barriers(curve).to_dataframe()
     table["error_barrier"] *= 100
-    print("barriers (loss in nats, error in percentage points):")
+    print("barriers (loss in nats, error in percentage points; the --out file holds fractions):")
     print(table.unstack("split").to_string(float_format=lambda v: f"{v:.3f}"))
     _finish(args, curve, plot.curve)
     return 0
@@ -167,11 +216,12 @@ def run_instability(args: argparse.Namespace) -> int:
     else:
         data = load_data(args)
         model = model_for(args.model or "mlp:width=128,depth=2", data)
-        steps = sorted({int(s) for s in args.steps.split(",")})
+        steps = _steps(args.steps)
+        # The parent trains exactly as far as its last requested checkpoint.
         parent = ls.train(
             model,
             data,
-            epochs=args.epochs,
+            steps=max(steps[-1], 1),
             lr=args.lr,
             init_seed=args.seed,
             checkpoint_steps=steps,
@@ -190,6 +240,29 @@ def run_instability(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     table = result[["error_barrier", "loss_barrier", "stable"]].to_dataframe()
-    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    table["error_barrier"] *= 100
+    table = table.rename(columns={"error_barrier": "error barrier (pp)", "loss_barrier": "loss barrier (nats)"})
+    print(
+        f"instability: barrier between two children per start step (error in percentage points; stable below "
+        f"{100 * args.threshold:g} points; the --out file holds fractions):"
+    )
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     _finish(args, result, plot.instability)
     return 0
+
+
+def _steps(text: str) -> list[int]:
+    from landscape.core.errors import bad_argument
+
+    try:
+        steps = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        steps = []
+    if not steps or steps[0] < 0:
+        raise bad_argument(
+            "landscape instability",
+            "--steps",
+            expected="comma-separated non-negative steps such as 0,10,50",
+            found=repr(text),
+        )
+    return steps

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="zoo model spec of the encoder (default: %(default)s, BatchNorm like the paper's VGG/ResNet encoders)",
     )
     add_data_options(rt)
-    rt.add_argument("--epochs", type=int, default=60)
+    rt.add_argument("--epochs", type=int, default=60, help="distillation epochs")
     rt.add_argument(
         "--alpha-init", type=float, default=1e-10, help="student locality: 0 = the teacher, 1 = a fresh init"
     )
@@ -31,9 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rt.add_argument("--hidden-dim", type=int, default=None, help="width of the head's two hidden layers (default 512)")
     rt.add_argument("--bottleneck-dim", type=int, default=None, help="head bottleneck (default 64)")
     rt.add_argument("--out-dim", type=int, default=None, help="head outputs K (default 4096)")
-    rt.add_argument("--lr", type=float, default=1e-3)
-    rt.add_argument("--train-batch-size", type=int, default=256)
-    rt.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear probe (default: %(default)s)")
+    rt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    rt.add_argument("--train-batch-size", type=int, default=256, help="examples per optimiser step")
+    rt.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear probe")
     rt.add_argument(
         "--gaussian-inputs", action="store_true", help="distil on Gaussian noise (the random-input control)"
     )
@@ -50,11 +50,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--start", default=None, help="checkpoint to start from (e.g. rt/student.safetensors)")
     imp.add_argument("--model", default=None, help="model spec (default: the one stored in --start, else required)")
     add_data_options(imp)
-    imp.add_argument("--rounds", type=int, default=8)
+    imp.add_argument("--rounds", type=int, default=8, help="pruning rounds (each removes --prune-rate of the rest)")
     imp.add_argument("--rewind-step", type=int, default=0, help="optimiser step to rewind to (0: the start)")
     imp.add_argument("--prune-rate", type=float, default=0.2, help="fraction of remaining weights pruned per round")
-    imp.add_argument("--scope", default="global", choices=("global", "layer"))
-    imp.add_argument("--controls", nargs="*", default=["reinit", "random_mask"], choices=("reinit", "random_mask"))
+    imp.add_argument(
+        "--scope",
+        default="global",
+        choices=("global", "layer"),
+        help="rank weights by magnitude across all layers, or within each layer",
+    )
+    imp.add_argument(
+        "--controls",
+        nargs="*",
+        default=["reinit", "random_mask"],
+        choices=("reinit", "random_mask"),
+        help="control branches: re-initialise with the same mask, a random mask with the same sparsity",
+    )
     _add_train_options(imp)
     imp.add_argument("--out", required=True, help="output folder (results, masks, states)")
     add_run_options(imp)
@@ -73,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     basins.add_argument("--model", default=None, help="model spec (default: the one stored in the checkpoints)")
     add_data_options(basins)
     basins.add_argument("--steps", type=int, nargs="*", default=[20, 100], help="supervised checkpoints to compare")
-    basins.add_argument("--alphas", type=int, default=11)
+    basins.add_argument("--alphas", type=int, default=11, help="points on the line between two children")
     _add_train_options(basins)
     basins.add_argument("--out", required=True, help="output folder")
     add_run_options(basins)
@@ -83,11 +94,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the default start, re-init and data order")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every supervised run")
-    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"))
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--train-batch-size", type=int, default=128)
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"), help="optimiser")
+    parser.add_argument("--lr", type=float, default=0.05, help="learning rate")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
+    parser.add_argument("--train-batch-size", type=int, default=128, help="examples per optimiser step")
 
 
 def _train_options(args: argparse.Namespace) -> dict[str, object]:

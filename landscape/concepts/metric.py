@@ -23,7 +23,7 @@ from landscape.concepts.models import model_name
 from landscape.concepts.probes import ConceptProbe
 from landscape.concepts.scorers import accepts_prompts, resolve_scorer
 from landscape.core.errors import bad_argument
-from landscape.core.io import ResumableRun, provenance_attrs
+from landscape.core.io import data_fingerprint, open_run, provenance_attrs, run_settings
 from landscape.core.progress import progress_bar
 
 __all__ = ["guidance_curve", "perplexity", "pnes"]
@@ -112,6 +112,23 @@ def perplexity(
 
 def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tokenizer_record(tokenizer: Any) -> dict[str, object]:
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    return {
+        "class": type(tokenizer).__name__,
+        "name": str(getattr(tokenizer, "name_or_path", "")),
+        "vocab": data_fingerprint(sorted(vocab.items())),
+        "chat_template": data_fingerprint(str(getattr(tokenizer, "chat_template", None))),
+    }
+
+
+def _probe_record(probe: ConceptProbe) -> str:
+    fields = ("kind", "directions_", "layers_", "mean_norm_", "val_accuracy_", "site_", "read_")
+    return data_fingerprint(
+        {k: np.asarray(getattr(probe, k, None)) if k.endswith("_") else getattr(probe, k, None) for k in fields}
+    )
 
 
 def guidance_curve(
@@ -216,9 +233,29 @@ def guidance_curve(
     # added per unit of alpha at each layer.
     with guide(lm, probe, alpha=1.0, **options) as unit:  # type: ignore[arg-type]
         pass
-    run = ResumableRun(folder, settings, function=function, argument="folder") if folder is not None else None
+    # The one run fingerprint: the model's architecture, config and weights (not only its
+    # name), the tokenizer, chat rendering, probe, prompts, reference texts and options.
+    fingerprint = (
+        run_settings(
+            function,
+            model=lm,
+            model_weights=True,
+            data={"prompts": items, "reference": [reference.prompts, reference.completions]},
+            options={
+                **{k: v for k, v in settings.items() if k not in ("model", "probe", "prompts", "reference")},
+                "chat": use_chat(tokenizer, chat, function=function),
+                "tokenizer": _tokenizer_record(tokenizer),
+                "probe": _probe_record(probe),
+            },
+        )
+        if folder is not None
+        else None
+    )
     steps = []
-    with progress_bar(total=len(values), desc="guidance curve", unit="alpha", disable=not progress) as bar:
+    with (
+        open_run(folder, fingerprint, function=function, argument="folder") as run,
+        progress_bar(total=len(values), desc="guidance curve", unit="alpha", disable=not progress) as bar,
+    ):
         for alpha in values:
             step_name = f"alpha={alpha!r}"
             if run is not None and run.done(step_name):

@@ -34,6 +34,16 @@ DEFINITIONS = {
     "midpoint": "L(0.5) minus the mean of L(0) and L(1) (Jordan et al. 2023)",
     "linear": "max over alpha of L(alpha) minus (1 - alpha) L(0) - alpha L(1) (Entezari et al. 2022)",
 }
+# Barriers carry the units of their metric: error and accuracy are fractions (0.02 = 2
+# percentage points; only printed tables and figure labels use points), the loss is the
+# cross-entropy in nats.
+UNITS = {"loss": "nats", "error": "fraction", "accuracy": "fraction"}
+
+
+def _units(curve: xr.Dataset, metric: str) -> str | None:
+    if metric in UNITS:
+        return UNITS[metric]
+    return curve[metric].attrs.get("units") if metric in curve else None
 
 
 def _values(curve: xr.Dataset, metric: str) -> xr.DataArray:
@@ -80,7 +90,9 @@ def barrier(curve: xr.Dataset, *, metric: str = "loss", kind: str = "max_minus_m
     -------
     xarray.DataArray
         Over the curve's remaining dims (e.g. ``split``), named ``"{metric}_barrier"``.
-        A model interpolated with itself has barrier exactly 0.
+        A model interpolated with itself has barrier exactly 0. ``attrs["units"]``:
+        ``"fraction"`` for error and accuracy (0.02 is 2 percentage points), ``"nats"``
+        for the loss.
 
     Examples
     --------
@@ -111,6 +123,9 @@ def barrier(curve: xr.Dataset, *, metric: str = "loss", kind: str = "max_minus_m
     height = height.drop_vars("alpha", errors="ignore")
     height.name = f"{metric}_barrier"
     height.attrs = {"kind": kind, "metric": metric, "definition": DEFINITIONS[kind]}
+    units = _units(curve, metric)
+    if units is not None:
+        height.attrs["units"] = units
     return height
 
 
@@ -124,7 +139,8 @@ def barriers(
     Returns
     -------
     xarray.Dataset
-        Variables ``"{metric}_barrier"`` with dims (``kind``, remaining dims of the curve).
+        Variables ``"{metric}_barrier"`` with dims (``kind``, remaining dims of the curve),
+        each with ``attrs["units"]`` as in :func:`barrier`.
     """
     out = {}
     for metric in metrics:
@@ -139,6 +155,9 @@ def barriers(
                 rows.append(xr.full_like(template, np.nan))
         stacked = xr.concat(rows, dim="kind").assign_coords(kind=list(kinds))
         stacked.attrs = {"metric": metric}
+        units = _units(curve, metric)
+        if units is not None:
+            stacked.attrs["units"] = units
         out[f"{metric}_barrier"] = stacked
     result = xr.Dataset(out)
     result.attrs = {k: v for k, v in curve.attrs.items()}

@@ -3,6 +3,7 @@ state with different data orders, and measure the barrier between the results.""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from landscape.connectivity.barriers import barrier
 from landscape.connectivity.interpolation import interpolate
 from landscape.core.errors import bad_argument
-from landscape.core.io import to_json
+from landscape.core.io import open_run, run_settings, to_json
 from landscape.core.state import as_state
 from landscape.training import train as train_model
 
@@ -106,6 +107,7 @@ def instability_sweep(
     *,
     total_steps: int | None = None,
     train: Mapping[str, object] | None = None,
+    out: str | os.PathLike | None = None,
     **options: object,
 ) -> xr.Dataset:
     """:func:`instability` at several training steps.
@@ -119,6 +121,10 @@ def instability_sweep(
         remaining ``total_steps - k`` steps. Without it, every child trains as ``train`` says.
     train
         Keyword arguments for :func:`landscape.train`.
+    out
+        A folder: each step's result is written there as it finishes and a re-run with the
+        same folder and settings resumes at the next step; a folder that holds a run with
+        other settings (model, checkpoints, data, options, version) is refused, naming them.
     **options
         Passed to :func:`instability` (seeds, alphas, kind, threshold, bn, device, progress).
 
@@ -145,13 +151,37 @@ def instability_sweep(
             expected=f"more than the last step ({steps[-1]})",
             found=repr(total_steps),
         )
+    fingerprint = (
+        run_settings(
+            "instability_sweep",
+            model=model,
+            states={str(step): as_state(checkpoints[step], function="instability_sweep") for step in steps},
+            data=data,
+            options={
+                "total_steps": total_steps,
+                "train": dict(train or {}),
+                **{k: v for k, v in options.items() if k not in ("device", "progress")},
+            },
+        )
+        if out is not None
+        else None
+    )
     results = []
-    for step in steps:
-        child_training = dict(train or {})
-        if total_steps is not None:
-            child_training.pop("epochs", None)
-            child_training["steps"] = total_steps - step
-        results.append(instability(model, checkpoints[step], data, train=child_training, **options))
+    with open_run(out, fingerprint, function="instability_sweep") as run:
+        for step in steps:
+            name = f"step-{step:09d}"
+            if run is not None and run.done(name):
+                done = run.load(name)
+                results.append(done.assign(stable=done["stable"].astype(bool)))
+                continue
+            child_training = dict(train or {})
+            if total_steps is not None:
+                child_training.pop("epochs", None)
+                child_training["steps"] = total_steps - step
+            result = instability(model, checkpoints[step], data, train=child_training, **options)
+            if run is not None:
+                run.save(name, result.assign(stable=result["stable"].astype(np.int8)))  # netCDF stores no booleans
+            results.append(result)
     combined = xr.concat(results, dim="step", combine_attrs="drop_conflicts").assign_coords(step=np.array(steps))
     combined.attrs["analysis"] = "instability_sweep"
     if total_steps is not None:

@@ -9,13 +9,13 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from landscape.core import DEFAULT_BN_BATCH_SIZE
 from landscape.core.errors import bad_argument
 from landscape.core.evaluate import evaluate
 from landscape.core.family import AffineFamily
 from landscape.core.io import checkpoint_record, to_json
 from landscape.core.metrics import Metric
 from landscape.core.state import State, as_state, check_compatible
-from landscape.core.strategies import DEFAULT_BN_BATCH_SIZE
 
 __all__ = ["Correction", "interpolate"]
 

@@ -15,6 +15,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from landscape.connectivity.interpolation import add_derived
+from landscape.core import DEFAULT_BN_BATCH_SIZE
 from landscape.core.errors import bad_argument
 from landscape.core.evaluate import evaluate
 from landscape.core.family import AffineFamily
@@ -30,7 +31,6 @@ from landscape.core.state import (
     scale,
     sub,
 )
-from landscape.core.strategies import DEFAULT_BN_BATCH_SIZE
 
 __all__ = ["plane", "plane_basis", "random_line", "random_plane"]
 

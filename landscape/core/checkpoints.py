@@ -15,7 +15,7 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from torch import Tensor, nn
@@ -24,12 +24,14 @@ from landscape.core.errors import CheckpointError, bad_argument
 from landscape.core.state import State, as_state, check_compatible, record_hash, state_of
 from landscape.core.tied import canonical_state, tied_groups
 
-__all__ = ["load_state", "save_state"]
+__all__ = ["fit_to_model", "load_state", "safe_globals", "save_state"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-# Entries under which training scripts commonly nest the state dict.
-NESTED_ENTRIES = ("state_dict", "model_state_dict", "model", "net", "module", "ema")
 HF_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+SHARD_SUFFIXES = (".safetensors", ".bin")
+# Prefixes that wrappers add to every key: DataParallel/DistributedDataParallel and
+# AveragedModel (`module.`), torch.compile (`_orig_mod.`).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def _error(source: object, expected: str, found: str, fix: str | None = None) -> CheckpointError:
@@ -76,26 +78,46 @@ def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, object]]
     return tensors, meta
 
 
-def _numpy_safe_globals() -> list[object]:
-    """numpy scalars and dtypes: plain data that training scripts often store next to the
-    weights (``epoch``, ``best_acc``); rebuilding them runs no code of the file's choosing."""
+def safe_globals() -> list[object]:
+    """The classes and functions a ``.pt``/``.ckpt`` file may name besides tensors.
+
+    ``torch.load(weights_only=True)`` rebuilds only tensors, containers and plain numbers,
+    and refuses any other class or function a pickle names, because calling it could run
+    code. Training checkpoints also store a few plain-data types next to the weights; these
+    are allowed, as torch's documentation describes for ``torch.serialization.safe_globals``:
+
+    - ``argparse.Namespace``: the ``args`` of timm training checkpoints and Lightning
+      ``hyper_parameters`` (rebuilt as an empty namespace whose attributes are then set);
+    - ``pathlib`` paths (``PosixPath``, ``WindowsPath`` and their pure forms): paths in
+      hyper-parameters (rebuilt from their string parts);
+    - numpy scalars (``numpy.float64(0.93)``, ``numpy.int64(3)``: ``epoch``, ``best_acc``) and
+      dtypes of numbers, booleans, strings and dates (not ``object``).
+
+    Everything else, ``os.system`` and ``builtins.eval`` included, is still refused.
+    """
+    import argparse
+    import pathlib
+
     import numpy as np
 
     try:
         scalar = np._core.multiarray.scalar  # numpy >= 2
     except AttributeError:  # pragma: no cover - numpy 1.x
         scalar = np.core.multiarray.scalar
-    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)]
-    return [scalar, np.dtype, *dtypes]
+    plain = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+    plain += (np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128)
+    plain += (np.str_, np.bytes_, np.datetime64, np.timedelta64)
+    paths = (pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)
+    return [argparse.Namespace, *paths, scalar, np.dtype, *{type(np.dtype(t)) for t in plain}]
 
 
-def _load_torch(path: Path) -> dict[str, Tensor]:
+def _load_torch(path: Path) -> object:
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # Quote only the offending global: torch's own message suggests weights_only=False.
-        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL [\w.]+", str(err))
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL [\w.]+|got <class '[\w.]+'>", str(err))
         detail = found.group(0) if found else "objects other than tensors"
         raise _error(
             path,
@@ -113,25 +135,127 @@ def _load_torch(path: Path) -> dict[str, Tensor]:
             f"{str(path)!r}, which is truncated or corrupt ({err})",
             "Re-save or re-download the file.",
         ) from err
-    return _tensor_mapping(obj, path)
 
 
-def _tensor_mapping(obj: object, path: Path) -> dict[str, Tensor]:
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return dict(obj)
+def _is_tensor_mapping(value: object) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items())
+    )
+
+
+def _entries_summary(obj: Mapping) -> str:
+    return ", ".join(
+        f"{k!r} ({len(v)} tensors)" if _is_tensor_mapping(v) else f"{k!r}: {type(v).__name__}"
+        for k, v in list(obj.items())[:12]
+    )
+
+
+def _select_entry(obj: object, key: str | None, where: str) -> dict[str, Tensor]:
+    """The mapping of tensors in a loaded checkpoint: the object itself, the one top-level entry
+    that holds tensors (``state_dict``, ``model``, ...), or the entry ``key`` names (``a/b``
+    for nested entries)."""
+    if key is not None:
+        node = obj
+        for part in key.split("/"):
+            if not isinstance(node, Mapping) or part not in node:
+                available = _entries_summary(node) if isinstance(node, Mapping) else type(node).__name__
+                raise bad_argument(
+                    "load_state",
+                    "key",
+                    expected=f"an entry of {where}",
+                    found=f"{key!r}, which is not there; the entries are {{{available}}}",
+                    fix="Pass one of the entries listed (nested entries as 'outer/inner').",
+                    cls=CheckpointError,
+                )
+            node = node[part]
+        if not _is_tensor_mapping(node):
+            inner = _entries_summary(node) if isinstance(node, Mapping) else type(node).__name__
+            raise bad_argument(
+                "load_state",
+                "key",
+                expected=f"an entry of {where} that maps names to tensors",
+                found=f"{key!r} holding {{{inner}}}" if isinstance(node, Mapping) else f"{key!r} holding a {inner}",
+                fix="Pick the entry that holds the weights (e.g. 'state_dict' or 'state_dict_ema').",
+                cls=CheckpointError,
+            )
+        return dict(node)
+    if _is_tensor_mapping(obj):
+        return dict(obj)  # type: ignore[arg-type]
     if isinstance(obj, Mapping):
-        for entry in NESTED_ENTRIES:
-            inner = obj.get(entry)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
-                return dict(inner)
-        summary = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(obj.items())[:8])
-        raise _error(
-            path,
-            f"a mapping of tensors, or one nested under {NESTED_ENTRIES}",
-            f"a mapping with {{{summary}}}",
-            "Save model.state_dict() itself.",
+        candidates = [k for k, v in obj.items() if _is_tensor_mapping(v)]
+        if len(candidates) == 1:
+            return dict(obj[candidates[0]])
+        if len(candidates) > 1:
+            listing = ", ".join(f"{k!r} ({len(obj[k])} tensors)" for k in candidates)
+            raise bad_argument(
+                "load_state",
+                "key",
+                expected=f"the name of the entry to load, since several entries of {where} hold weights",
+                found=f"no key, and the entries {listing}",
+                fix=f"Pass key={candidates[0]!r} (or another of them), e.g. key='state_dict_ema' for the EMA weights.",
+                cls=CheckpointError,
+            )
+        raise bad_argument(
+            "load_state",
+            "source",
+            expected=f"a mapping of tensors, or one nested in an entry of {where}",
+            found=f"a mapping with {{{_entries_summary(obj)}}}",
+            fix="Save model.state_dict() itself, or pass key='outer/inner' to pick a nested entry.",
+            cls=CheckpointError,
         )
-    raise _error(path, "a state dict (mapping of tensors)", f"a {type(obj).__name__}", "Save model.state_dict().")
+    raise _error(where, "a state dict (mapping of tensors)", f"a {type(obj).__name__}", "Save model.state_dict().")
+
+
+def _shard_path(folder: Path, name: object, index: Path) -> Path:
+    """A file named in an index, refused unless its name stays inside ``folder`` (no absolute
+    paths, drives or ``..``). Symlinks inside the folder are followed: the Hugging Face cache
+    links snapshot files to its blobs."""
+    bad = (
+        not isinstance(name, str)
+        or not name
+        or "\\" in name
+        or PurePosixPath(name).is_absolute()
+        or bool(PureWindowsPath(name).drive)
+        or ".." in PurePosixPath(name).parts
+        or not name.endswith(SHARD_SUFFIXES)
+    )
+    if bad:
+        raise _error(
+            folder,
+            f"shard names in {index.name} that are .safetensors or .bin files inside {str(folder)!r}",
+            f"{name!r}, which points outside the folder or is not a shard file",
+            "Only load folders from sources you trust; a weight map should name files next to it, "
+            "e.g. 'model-00001-of-00002.safetensors'.",
+        )
+    return folder / name
+
+
+def _read_index(folder: Path, index: Path) -> dict[str, str]:
+    try:
+        parsed = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _error(
+            folder,
+            f"{index.name} holding a JSON object with a 'weight_map'",
+            f"{str(index)!r}, which is not valid JSON ({err})",
+            "Re-download the folder, or re-save it with save_pretrained.",
+        ) from err
+    weight_map = parsed.get("weight_map") if isinstance(parsed, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        found = (
+            f"a JSON {type(parsed).__name__}"
+            if not isinstance(parsed, dict)
+            else f"an object with entries {sorted(parsed)[:8]} and weight_map {type(weight_map).__name__}"
+        )
+        raise _error(
+            folder,
+            f"{index.name} holding a JSON object whose 'weight_map' maps tensor names to shard files",
+            f"{str(index)!r}: {found}",
+            "Re-download the folder, or re-save it with save_pretrained.",
+        )
+    return weight_map
 
 
 def _load_hf_directory(path: Path) -> tuple[dict[str, Tensor], str]:
@@ -145,71 +269,202 @@ def _load_hf_directory(path: Path) -> tuple[dict[str, Tensor], str]:
         )
     name = present[0]
     if name.endswith(".index.json"):
-        index = json.loads((path / name).read_text())
-        files = sorted(set(index.get("weight_map", {}).values()))
+        index = path / name
+        weight_map = _read_index(path, index)
+        files = (
+            sorted({str(v) for v in weight_map.values()})
+            if all(isinstance(v, str) for v in weight_map.values())
+            else []
+        )
+        for file in weight_map.values():
+            _shard_path(path, file, index)
         tensors: dict[str, Tensor] = {}
         for file in files:
-            part = path / file
+            part = _shard_path(path, file, index)
             if not part.exists():
                 raise _error(path, f"every shard listed in {name}", f"{file!r} missing")
-            tensors.update(_load_safetensors(part)[0] if file.endswith(".safetensors") else _load_torch(part))
+            tensors.update(
+                _load_safetensors(part)[0]
+                if file.endswith(".safetensors")
+                else _select_entry(_load_torch(part), None, repr(str(part)))
+            )
+        missing = [k for k in weight_map if k not in tensors]
+        if missing:
+            raise _error(
+                path,
+                f"every tensor listed in {name} in its shard",
+                f"{len(missing)} missing, such as {missing[0]!r}",
+                "Re-download the folder; a shard may be from another version.",
+            )
         return tensors, "hf-sharded"
     file = path / name
-    return (_load_safetensors(file)[0] if name.endswith(".safetensors") else _load_torch(file)), "hf"
+    if name.endswith(".safetensors"):
+        return _load_safetensors(file)[0], "hf"
+    return _select_entry(_load_torch(file), None, repr(str(file))), "hf"
 
 
 def _load_gguf(path: Path) -> dict[str, Tensor]:
+    import struct
+
     try:
+        import gguf  # type: ignore[import-not-found]
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
     except ImportError as err:
         raise _error(
             path, "the lm extra to read GGUF files", "transformers/gguf not installed", "pip install 'landscape[lm]'."
         ) from err
-    return dict(load_gguf_checkpoint(str(path), return_tensors=True)["tensors"])
+    supported = list(getattr(gguf, "READER_SUPPORTED_VERSIONS", (2, 3)))
+    with path.open("rb") as f:
+        head = f.read(8)
+    version = struct.unpack("<I", head[4:8])[0] if len(head) == 8 else None
+    if version not in supported:
+        raise _error(
+            path,
+            f"a GGUF file of version {' or '.join(map(str, supported))} (what the installed gguf reads)",
+            f"{str(path)!r}, "
+            + ("too short for a GGUF header" if version is None else f"which says it is version {version}"),
+            "Convert the file with a current llama.cpp (convert_hf_to_gguf.py), or upgrade the gguf package.",
+        )
+    try:
+        return dict(load_gguf_checkpoint(str(path), return_tensors=True)["tensors"])
+    except Exception as err:  # the reader raises many kinds on a damaged file
+        raise _error(
+            path,
+            "a complete GGUF file whose tensors transformers can read",
+            f"{str(path)!r}, which could not be read ({type(err).__name__}: {err})",
+            "Re-download or re-convert the file; transformers reads GGUF files of the architectures it supports.",
+        ) from err
 
 
-def _match_prefix(tensors: dict[str, Tensor], model: nn.Module, provenance: dict[str, object]) -> dict[str, Tensor]:
-    """Drop one leading name component shared by every key (``model.`` of Lightning modules,
-    ``backbone.`` ...) when that, and only that, makes the keys the model's."""
-    expected = set(model.state_dict())
-    if set(tensors) <= expected or not tensors:
+def _unwrap(tensors: dict[str, Tensor], notes: dict[str, object], *, keep: set[str] = frozenset()) -> dict[str, Tensor]:
+    """Undo the key changes of wrappers, which never clash with a real model's names:
+    AveragedModel (EMA/SWA: an ``n_averaged`` count and ``module.`` before every key),
+    DataParallel/DDP (``module.``) and ``torch.compile`` (``_orig_mod.``, also inside keys when
+    a submodule was compiled), in any nesting. Keys in ``keep`` (a model's own) are left alone."""
+    out = tensors
+    if "n_averaged" in out and "n_averaged" not in keep and len(out) > 1:
+        rest = [k for k in out if k != "n_averaged"]
+        if all(k.startswith("module.") for k in rest):
+            count = out["n_averaged"]
+            notes["layout"] = "AveragedModel"
+            notes["n_averaged"] = int(count) if count.numel() == 1 else count.tolist()
+            out = {k: out[k] for k in rest}
+    stripped = ""
+    while out and not set(out) <= keep:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in out)), None)
+        if prefix is None:
+            break
+        out = {k[len(prefix) :]: v for k, v in out.items()}
+        stripped += prefix
+    if any("._orig_mod." in k for k in out) and not any("_orig_mod" in k for k in keep):
+        out = {k.replace("._orig_mod.", "."): v for k, v in out.items()}
+        notes["compiled_submodules"] = True
+    if stripped:
+        notes["stripped_prefix"] = stripped
+    return out
+
+
+def _fit_keys(tensors: dict[str, Tensor], model: nn.Module, notes: dict[str, object]) -> dict[str, Tensor]:
+    """Rename ``tensors`` to ``model``'s keys: wrappers first, then one leading name component
+    shared by every key (``model.`` of Lightning modules, ``backbone.``...) when that, and
+    only that, makes the keys the model's. Unchanged when nothing fits."""
+    full = set(model.state_dict())
+    if set(tensors) <= full:
         return tensors
-    heads = {k.split(".", 1)[0] for k in tensors}
-    if len(heads) == 1 and all("." in k for k in tensors):
-        (head,) = heads
-        stripped = {k.split(".", 1)[1]: v for k, v in tensors.items()}
-        if set(stripped) <= expected:
-            provenance["stripped_prefix"] = f"{head}."
-            return stripped
+    trial: dict[str, object] = {}
+    out = _unwrap(tensors, trial, keep=full)
+    if not set(out) <= full and out and all("." in k for k in out):
+        heads = {k.split(".", 1)[0] for k in out}
+        if len(heads) == 1:
+            stripped = {k.split(".", 1)[1]: v for k, v in out.items()}
+            if set(stripped) <= full:
+                trial["stripped_prefix"] = str(trial.get("stripped_prefix", "")) + f"{heads.pop()}."
+                out = stripped
+    if set(out) <= full:
+        notes.update(trial)
+        return out
     return tensors
 
 
-def _strip_prefix(tensors: dict[str, Tensor], provenance: dict[str, object]) -> dict[str, Tensor]:
-    """Drop the ``module.`` prefix that DataParallel/DistributedDataParallel add to every key."""
-    if tensors and all(k.startswith("module.") for k in tensors):
-        provenance["stripped_prefix"] = "module."
-        return {k[len("module.") :]: v for k, v in tensors.items()}
-    return tensors
+def fit_to_model(
+    state: Mapping[str, Tensor], model: nn.Module, *, function: str = "fit_to_model", argument: str = "state"
+) -> State:
+    """A state in the layout the engine runs ``model`` with: the model's keys, one per tied group.
+
+    Undoes what wrappers do to keys: AveragedModel (EMA/SWA, an ``n_averaged`` entry and a
+    ``module.`` prefix), DataParallel/DDP (``module.``), ``torch.compile`` (``_orig_mod.``, of
+    the whole model or a submodule), their combinations, and one extra leading component on
+    every key when only that fits (Lightning's ``model.``); tied weights (an embedding shared
+    with the output layer) keep one key per group, whichever of the group's keys the state
+    has. Only key names change: no tensor is copied, so this is cheap enough to run on
+    every point the engine is given.
+
+    Parameters
+    ----------
+    state
+        A State or mapping of tensors, e.g. ``torch.load(path)["state_dict"]``.
+    model
+        The architecture it is for.
+    function, argument
+        The public function and its argument named in the error.
+
+    Returns
+    -------
+    State
+        Keys of ``canonical_state(model.state_dict())``; ``provenance`` is the input's plus
+        ``stripped_prefix``, ``layout`` and ``n_averaged`` where they apply.
+
+    Raises
+    ------
+    StateMismatchError
+        When no renaming makes the keys and shapes fit; lists the missing and unexpected keys.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Linear(3, 2)
+    >>> ddp = {"module.weight": torch.zeros(2, 3), "module.bias": torch.zeros(2)}
+    >>> fitted = fit_to_model(ddp, model)
+    >>> list(fitted), fitted.provenance["stripped_prefix"]
+    (['weight', 'bias'], 'module.')
+    """
+    source = as_state(state, function=function, argument=argument)
+    notes: dict[str, object] = {}
+    tensors = _fit_keys(dict(source), model, notes)
+    groups = tied_groups(model)
+    fitted = canonical_state(State(tensors, provenance={**source.provenance, **notes}), groups)
+    check_compatible(canonical_state(model.state_dict(), groups), fitted, function=function, names=("model", argument))
+    return fitted
 
 
 def load_state(
-    source: str | os.PathLike | nn.Module | Mapping[str, Tensor],
+    source: str | os.PathLike | nn.Module | Mapping[str, object],
     *,
     model: nn.Module | None = None,
+    key: str | None = None,
     allow_nonfinite: bool = False,
 ) -> State:
-    """Load a State from a checkpoint file, a Hugging Face directory or a module.
+    """Load a State from a checkpoint file, a Hugging Face directory, a module or a dict.
+
+    No code from the source ever runs: pickles are read with ``torch.load(weights_only=True)``
+    and the short allowlist of :func:`safe_globals`; folders are read as data only, and every
+    file a folder's index names must lie inside the folder.
 
     Parameters
     ----------
     source
-        A ``.safetensors`` file, a ``.pt``/``.pth``/``.bin``/``.ckpt`` state dict (loaded with
-        ``weights_only=True``; nested ``{"state_dict": ...}`` checkpoints and the ``module.``
-        prefix of DataParallel are handled), a directory written by ``save_pretrained``, a
-        ``.gguf`` file (needs the ``lm`` extra), an ``nn.Module`` or a mapping of tensors.
+        A ``.safetensors`` file, a ``.pt``/``.pth``/``.bin``/``.ckpt`` checkpoint (a state dict,
+        or a training checkpoint that holds one: Lightning, timm, ``{"model": ...}``), a
+        directory written by ``save_pretrained`` (sharded too), a ``.gguf`` file (needs the
+        ``lm`` extra), an ``nn.Module``, or an in-memory dict of either kind.
     model
-        When given, the State must match its keys and shapes; the error lists missing and
-        unexpected keys, or names the key and both shapes.
+        When given, keys are fitted to it as :func:`fit_to_model` does (Lightning's ``model.``
+        and other shared prefixes) and the State must match its keys and shapes; the error
+        lists missing and unexpected keys, or names the key and both shapes.
+    key
+        The entry of a training checkpoint to load, e.g. ``"state_dict_ema"`` of a timm
+        checkpoint or ``"model"``; ``"outer/inner"`` for nested entries. Needed only when
+        several entries hold weights (the error lists them).
     allow_nonfinite
         Accept NaN/Inf weights (an error by default, naming the tensors).
 
@@ -217,7 +472,10 @@ def load_state(
     -------
     State
         With ``provenance``: ``format``, ``source``, ``sha256`` (content hash of the
-        tensors) and, for safetensors written by :func:`save_state`, ``metadata``.
+        tensors), for safetensors written by :func:`save_state` ``metadata``, and where
+        they apply ``key``, ``stripped_prefix`` (``module.`` of DataParallel/DDP and
+        AveragedModel, ``_orig_mod.`` of ``torch.compile``), ``layout`` and ``n_averaged``
+        (``"AveragedModel"`` for EMA/SWA state dicts).
 
     Examples
     --------
@@ -227,14 +485,30 @@ def load_state(
     >>> s = load_state(path)
     >>> s.provenance["format"], s.provenance["metadata"]["seed"]
     ('safetensors', 3)
+    >>> ema = {"n_averaged": torch.tensor(5), "module.w": torch.ones(2)}  # AveragedModel.state_dict()
+    >>> s = load_state({"state_dict": {"w": torch.zeros(2)}, "state_dict_ema": ema}, key="state_dict_ema")
+    >>> list(s), s.provenance["layout"], s.provenance["n_averaged"]
+    (['w'], 'AveragedModel', 5)
     """
     provenance: dict[str, object] = {}
+    if key is not None and not isinstance(key, str):
+        raise bad_argument("load_state", "key", expected="the name of a checkpoint entry (a str)", found=key)
     if isinstance(source, nn.Module):
+        if key is not None:
+            raise bad_argument(
+                "load_state", "key", expected="no key for a module", found=repr(key), cls=CheckpointError
+            )
         state = state_of(source)
         tensors, provenance = dict(state), dict(state.provenance)
     elif isinstance(source, Mapping):
-        tensors = dict(as_state(source, function="load_state", argument="source"))
-        provenance = {"format": "mapping", "source": "in-memory"}
+        if isinstance(source, State) and key is None:
+            tensors, provenance = dict(source), {**source.provenance}
+        elif key is None and source and all(isinstance(v, Tensor) for v in source.values()):
+            tensors = dict(as_state(source, function="load_state", argument="source"))
+        else:
+            tensors = _select_entry(source, key, "the dict")
+        provenance.setdefault("format", "mapping")
+        provenance.setdefault("source", "in-memory")
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if not path.exists():
@@ -259,14 +533,23 @@ def load_state(
             elif path.suffix == ".gguf" or kind == "gguf":
                 tensors, provenance["format"] = _load_gguf(path), "gguf"
             elif path.suffix in TORCH_SUFFIXES or kind == "torch":
-                tensors, provenance["format"] = _load_torch(path), "torch"
+                tensors = _select_entry(_load_torch(path), key, repr(str(path)))
+                provenance["format"] = "torch"
             else:
                 raise _error(
                     source,
                     "a .safetensors, .pt/.pth/.bin/.ckpt, .gguf file or a save_pretrained directory",
                     f"{str(path)!r}, whose contents match no known format",
                 )
-        tensors = _strip_prefix(tensors, provenance)
+        if key is not None and provenance["format"] != "torch":
+            raise bad_argument(
+                "load_state",
+                "key",
+                expected="no key for a safetensors file, a GGUF file or a folder (they hold one set of weights)",
+                found=repr(key),
+                fix="Leave key out.",
+                cls=CheckpointError,
+            )
     else:
         raise bad_argument(
             "load_state",
@@ -275,9 +558,11 @@ def load_state(
             found=source,
             cls=CheckpointError,
         )
+    if key is not None:
+        provenance["key"] = key
 
-    if model is not None:
-        tensors = _match_prefix(tensors, model, provenance)
+    # With a model, wrapper prefixes are removed only where the model's own keys lack them.
+    tensors = _fit_keys(tensors, model, provenance) if model is not None else _unwrap(tensors, provenance)
     state = State(tensors, provenance=provenance)
     if model is not None:
         groups = tied_groups(model)
@@ -333,8 +618,10 @@ def save_state(
     pathlib.Path
         The written file.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from landscape.core.files import atomic_write
     from landscape.core.io import library_version
     from landscape.core.spec import spec_of
 
@@ -360,11 +647,21 @@ def save_state(
     encoded = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in meta.items()}
     # safetensors refuses tensors that share memory (tied weights): give each its own copy.
     plain = {k: t.detach().cpu().contiguous().clone() for k, t in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(plain, str(tmp), metadata=encoded)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(plain, tmp, metadata=encoded)
+        except SafetensorError as err:  # its I/O errors (a full disk) arrive wrapped
+            raise OSError(_errno_of(str(err)), str(err)) from err
+
+    atomic_write(path, write, function="save_state")
     return path
+
+
+def _errno_of(message: str) -> int:
+    """The errno named in a wrapped Rust I/O error (``os error 28``, ``Os { code: 28, ... }``),
+    else EIO."""
+    import errno
+
+    found = re.search(r"(?:os error |code: )(\d+)", message)
+    return int(found.group(1)) if found else errno.EIO

@@ -212,3 +212,13 @@ def padded_batches(
             input_ids[r, where] = ids
             mask[r, where] = 1
         yield rows, input_ids.to(device), mask.to(device)
+
+
+def __getattr__(name: str) -> object:
+    # The engine's sources build on the helpers above, so they live next to the engine and
+    # are resolved here on first use (a plain import would be circular).
+    if name in ("Loader", "TokenData"):
+        from landscape.core import _sources
+
+        return getattr(_sources, name)
+    raise AttributeError(f"module 'landscape.core.data' has no attribute {name!r}")

@@ -6,7 +6,16 @@ to fix it, so that a researcher can act on it without reading the library's sour
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "LandscapeError", "StateMismatchError", "bad_argument"]
+__all__ = [
+    "CheckpointError",
+    "FolderInUseError",
+    "LandscapeError",
+    "RunFolderError",
+    "RunInterrupted",
+    "StateMismatchError",
+    "StorageError",
+    "bad_argument",
+]
 
 
 class LandscapeError(ValueError):
@@ -18,7 +27,43 @@ class StateMismatchError(LandscapeError):
 
 
 class CheckpointError(LandscapeError):
-    """A checkpoint could not be read safely (missing, truncated, unknown format, pickled code)."""
+    """A checkpoint could not be read safely (missing, truncated, unknown format, pickled code,
+    a stored model spec that does not fit the tensors, a file outside its folder)."""
+
+
+class StorageError(LandscapeError):
+    """A file could not be written or read back (disk full, read-only folder, damaged file);
+    the message names the file."""
+
+
+class RunFolderError(LandscapeError):
+    """A run folder (``out=``) cannot be resumed: other settings, a damaged ``settings.json``,
+    or a file the run wrote that was changed or removed since."""
+
+
+class FolderInUseError(RunFolderError):
+    """Another process holds the run folder (an OS file lock, released when that process
+    ends, however it ends)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a resumable run. Still a ``KeyboardInterrupt`` (so it stops whatever
+    called the run), with a message saying what was saved and how to resume.
+
+    Attributes
+    ----------
+    function, folder, saved
+        The interrupted function, its run folder and the names of the finished steps in it.
+    """
+
+    def __init__(self, message: str, *, function: str, folder: str, saved: list[str]) -> None:
+        super().__init__(message)
+        self.function = function
+        self.folder = folder
+        self.saved = saved
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def bad_argument(

@@ -248,28 +248,40 @@ class AffineFamily:
         return max(reversed(self.anchors), key=lambda m: row[m])
 
     def stacked(self, indices: Sequence[int], device: torch.device | str = "cpu") -> State:
-        """Points ``indices`` as one State with a leading point axis, built on ``device``."""
+        """Points ``indices`` as one State with a leading point axis, built on ``device``.
+
+        Each point equals :meth:`state_on`'s: a point whose weights select one basis state is
+        that state exactly, whatever NaN or Inf the other basis states hold (a stacked
+        product would give ``0 * NaN = NaN`` there).
+        """
         device = torch.device(device)
         basis = self.device_basis(device)
         idx = list(indices)
         rows = self.weights[idx]
-        one_hot = bool(((rows == 0) | (rows == 1)).all() and (rows.sum(dim=1) == 1).all())
+        selects = ((rows == 0) | (rows == 1)).all(dim=1) & (rows.sum(dim=1) == 1)
+        one_hot = bool(selects.all())
         picks = rows.argmax(dim=1).to(device)
         anchors = torch.tensor([self.anchor_of(r) for r in rows.tolist()], device=device)
         is_line = rows.shape[1] == 2 and bool((rows.sum(dim=1) == 1).all())
+        exact = [j for j in range(len(idx)) if selects[j]] if not one_hot else []
         out: dict[str, Tensor] = {}
         for key, stacked_basis in basis.items():
             if not (stacked_basis.is_floating_point() or stacked_basis.is_complex()):
                 out[key] = stacked_basis.index_select(0, anchors)
-            elif one_hot:
+                continue
+            if one_hot:
                 out[key] = stacked_basis.index_select(0, picks)
-            elif is_line:
+                continue
+            if is_line:
                 shape = (len(idx),) + (1,) * (stacked_basis.dim() - 1)
                 t = rows[:, 1].to(device=device, dtype=stacked_basis.dtype).reshape(shape)
-                out[key] = torch.lerp(stacked_basis[0].expand_as(stacked_basis[:1]), stacked_basis[1:2], t)
+                value = torch.lerp(stacked_basis[0].expand_as(stacked_basis[:1]), stacked_basis[1:2], t)
             else:
                 w = rows.to(device=device, dtype=stacked_basis.dtype)
-                out[key] = torch.tensordot(w, stacked_basis, dims=([1], [0]))
+                value = torch.tensordot(w, stacked_basis, dims=([1], [0]))
+            for j in exact:
+                value[j] = stacked_basis[int(picks[j])]
+            out[key] = value
         return State(out)
 
 

@@ -1,22 +1,38 @@
-"""Metrics computed from logits and integer targets, one value per example.
+"""Metrics computed from logits and integer targets.
 
-A metric is a callable ``metric(logits, targets) -> Tensor``: ``logits`` has shape
-(N, ..., C) and ``targets`` (N, ...). It returns either one value per example, shape (N,),
-which the engine averages over the data, or a 0-d batch mean, which the engine weights by
-the batch size. Sequence outputs are averaged over positions within each example.
+A metric is a callable ``metric(logits, targets)``: ``logits`` has shape (N, ..., C) and
+``targets`` (N, ...). It returns either one value per example, shape (N,), which the engine
+averages over the data; or a 0-d batch mean, which the engine weights by the batch size; or
+a pair ``(values, weights)`` of per-example sums and weights, which the engine reduces to
+``sum(values) / sum(weights)`` (the next-token metrics weight by predicted tokens). A metric
+with a ``finalize`` attribute has it applied to the reduced value (``perplexity`` is the
+exponential of the mean next-token loss). Sequence outputs of the classification metrics are
+averaged over positions within each example.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from landscape.core.errors import bad_argument
 
-__all__ = ["BUILTIN", "Metric", "accuracy", "error", "loss", "resolve_metrics"]
+__all__ = [
+    "BUILTIN",
+    "TOKEN_METRICS",
+    "Metric",
+    "accuracy",
+    "error",
+    "lm_loss",
+    "loss",
+    "next_token_accuracy",
+    "perplexity",
+    "resolve_metrics",
+]
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
@@ -45,7 +61,53 @@ def error(logits: Tensor, targets: Tensor) -> Tensor:
     return 1.0 - accuracy(logits, targets)
 
 
-BUILTIN: dict[str, Metric] = {"loss": loss, "accuracy": accuracy, "error": error}
+IGNORE_INDEX = -100
+
+
+def _next_token(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits at positions 0..L-2, the tokens they predict (1..L-1) and which ones count."""
+    predicted = logits[:, :-1]
+    following = targets[:, 1:]
+    return predicted, following, following != IGNORE_INDEX
+
+
+def lm_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Next-token cross-entropy of a causal language model: per sequence, the sum over the
+    predicted tokens and their number (padding, marked -100, is skipped). The engine's mean
+    is over all predicted tokens of the data."""
+    predicted, following, counted = _next_token(logits, targets)
+    flat = predicted.reshape(-1, predicted.shape[-1])
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    per_token = F.cross_entropy(flat, following.reshape(-1), reduction="none", ignore_index=IGNORE_INDEX)
+    per_token = per_token.reshape(following.shape)
+    return per_token.sum(dim=1), counted.sum(dim=1)
+
+
+def perplexity(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The exponential of the mean next-token loss over the data (``lm_loss``, finalised)."""
+    return lm_loss(logits, targets)
+
+
+perplexity.finalize = np.exp  # type: ignore[attr-defined]
+
+
+def next_token_accuracy(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Fraction of predicted tokens that are the argmax of the logits before them."""
+    predicted, following, counted = _next_token(logits, targets)
+    correct = (predicted.argmax(dim=-1) == following) & counted
+    return correct.sum(dim=1), counted.sum(dim=1)
+
+
+BUILTIN: dict[str, Metric] = {
+    "loss": loss,
+    "accuracy": accuracy,
+    "error": error,
+    "lm_loss": lm_loss,
+    "perplexity": perplexity,
+    "next_token_accuracy": next_token_accuracy,
+}
+TOKEN_METRICS = ("lm_loss", "perplexity", "next_token_accuracy")
 
 
 def resolve_metrics(
@@ -81,15 +143,24 @@ def resolve_metrics(
     return dict(items)
 
 
-def batch_sum(metric: Metric, name: str, logits: Tensor, targets: Tensor) -> Tensor:
-    """Sum over the batch of a metric's per-example values (a 0-d result counts as a mean),
-    as a float64 0-d tensor on the logits' device (no host synchronisation)."""
+def batch_sum(metric: Metric, name: str, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The batch's sum of a metric's values and their total weight, as float64 0-d tensors on
+    the logits' device (no host synchronisation). Per-example values weigh one each; a 0-d
+    result counts as the batch mean; a ``(values, weights)`` pair gives its own weights."""
     value = metric(logits, targets)
+    n = targets.shape[0]
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise bad_argument(
+                "evaluate", "metrics", expected=f"metric {name!r} to return (values, weights)", found=value
+            )
+        values, weights = (torch.as_tensor(v, device=logits.device) for v in value)
+        return values.sum(dtype=torch.float64), weights.sum(dtype=torch.float64)
     if not isinstance(value, Tensor):
         value = torch.as_tensor(value, device=logits.device)
-    n = targets.shape[0]
+    count = torch.tensor(float(n), dtype=torch.float64, device=logits.device)
     if value.dim() == 0:
-        return value.double() * n
+        return value.double() * n, count
     if value.shape[0] != n:
         raise bad_argument(
             "evaluate",
@@ -98,16 +169,18 @@ def batch_sum(metric: Metric, name: str, logits: Tensor, targets: Tensor) -> Ten
             found=value,
         )
     if value.dim() == 1:
-        return value.sum(dtype=torch.float64)
-    return value.double().reshape(n, -1).mean(dim=1).sum()
+        return value.sum(dtype=torch.float64), count
+    return value.double().reshape(n, -1).mean(dim=1).sum(), count
 
 
 def model_output_logits(output: object) -> Tensor:
-    """Logits from a model's output: a tensor, an object with ``.logits`` (Hugging Face), or
-    the first element of a tuple."""
+    """Logits from a model's output: a tensor, an object with ``.logits`` (Hugging Face), a
+    mapping with a ``"logits"`` entry, or the first element of a tuple."""
     if isinstance(output, Tensor):
         return output
     logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
     if isinstance(logits, Tensor):
         return logits
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):

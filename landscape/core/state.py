@@ -334,19 +334,17 @@ def unstack(stacked: Mapping[str, Tensor]) -> list[State]:
     return [State({name: t[i] for name, t in stacked.items()}) for i in range(k)]
 
 
-def _fingerprint(state: Mapping[str, Tensor]) -> int:
-    # Storage, version counter, shape and dtype of every entry: changes whenever an entry is
-    # replaced or modified in place, so a cached hash is never stale.
-    return hash(tuple((k, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype)) for k, t in state.items()))
-
-
 def record_hash(state: State) -> str:
-    """The sha256 content hash of ``state``, cached in ``state.provenance`` and recomputed
-    only when an entry was replaced or modified in place since it was last computed."""
-    fingerprint = _fingerprint(state)
-    if state.provenance.get("sha256") is None or state.provenance.get("_fingerprint") != fingerprint:
-        state.provenance["sha256"] = content_hash(state)
-        state.provenance["_fingerprint"] = fingerprint
+    """The sha256 content hash of ``state``, computed from its bytes now and stored in
+    ``state.provenance["sha256"]``.
+
+    It is recomputed on every call rather than cached: writes through ``.data``, in-place
+    operations on ``.data`` and writes through a numpy view change the numbers without
+    changing anything a cache could key on (storage pointer, version counter), so a cached
+    hash could describe numbers the state no longer holds. Hashing reads every byte once
+    (about 1 GB/s on one core).
+    """
+    state.provenance["sha256"] = content_hash(state)
     return str(state.provenance["sha256"])
 
 
@@ -355,12 +353,29 @@ def content_hash(state: Mapping[str, Tensor]) -> str:
 
     The hash depends on the numbers only, not on the file format, so the same weights
     saved as ``.pt`` and ``.safetensors`` hash alike.
+
+    Examples
+    --------
+    >>> import torch
+    >>> content_hash({"w": torch.zeros(2)}) == content_hash({"w": torch.zeros(2, dtype=torch.float32)})
+    True
     """
     h = hashlib.sha256()
     for k in sorted(state):
-        t = state[k].detach().cpu().contiguous()
+        t = state[k].detach()
+        if t.device.type == "meta":
+            raise bad_argument(
+                "content_hash",
+                "state",
+                expected="tensors that hold numbers",
+                found=f"{k!r} on the meta device (shapes only, no values)",
+                fix="Load or materialise the weights first (e.g. model.to_empty(device='cpu') and load a checkpoint).",
+            )
+        t = t.cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            # The numpy view is a buffer hashlib reads in place (no copy of the bytes).
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 

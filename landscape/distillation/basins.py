@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from landscape.connectivity import instability
 from landscape.core.errors import bad_argument
-from landscape.core.io import ResumableRun, checkpoint_record, provenance_attrs
+from landscape.core.io import checkpoint_record, open_run, provenance_attrs, run_settings
 from landscape.core.spec import spec_of
 from landscape.core.state import State, as_state, content_hash
 from landscape.training import init_state
@@ -161,32 +161,45 @@ def linear_basins(
         "threshold": threshold,
         "bn": bn,
     }
-    run = ResumableRun(out, settings, function=fn) if out is not None else None
-    results = []
-    for i, (label, state) in enumerate(states.items()):
-        name = f"start-{i:02d}"
-        if run is not None and run.done(name):
-            results.append(run.load(name))
-            continue
-        curve = instability(
-            model,
-            state,
-            data,
-            seeds=seeds,
-            train=options,
-            alphas=alphas,
-            kind=kind,
-            threshold=threshold,
-            bn=bn,
-            device=device,
-            progress=progress,
+    # The one run fingerprint (architecture, starts, data, options, version): a re-run on
+    # other data is refused instead of returning the first data's results.
+    fingerprint = (
+        run_settings(
+            fn,
+            model=model,
+            states=states,
+            data=data,
+            options={k: v for k, v in settings.items() if k not in ("analysis", "model", "starts")},
         )
-        curve = curve.expand_dims(start=[label])
-        curve["stable"] = curve["stable"].astype(np.int8)  # netCDF stores no booleans
-        curve.attrs = {}
-        if run is not None:
-            run.save(name, curve)
-        results.append(curve)
+        if out is not None
+        else None
+    )
+    results = []
+    with open_run(out, fingerprint, function=fn) as run:
+        for i, (label, state) in enumerate(states.items()):
+            name = f"start-{i:02d}"
+            if run is not None and run.done(name):
+                results.append(run.load(name))
+                continue
+            curve = instability(
+                model,
+                state,
+                data,
+                seeds=seeds,
+                train=options,
+                alphas=alphas,
+                kind=kind,
+                threshold=threshold,
+                bn=bn,
+                device=device,
+                progress=progress,
+            )
+            curve = curve.expand_dims(start=[label])
+            curve["stable"] = curve["stable"].astype(np.int8)  # netCDF stores no booleans
+            curve.attrs = {}
+            if run is not None:
+                run.save(name, curve)
+            results.append(curve)
     combined = xr.concat(results, dim="start")
     combined["stable"] = combined["stable"].astype(bool)
     combined.attrs = provenance_attrs(

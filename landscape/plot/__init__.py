@@ -1,5 +1,21 @@
-"""Figures: every function takes a result (and optionally where to draw), computes nothing,
-and returns the matplotlib Axes it drew on. matplotlib is imported on first use."""
+"""Figures: every function takes a result of the library (and optionally the Axes to draw on),
+draws it, and returns the matplotlib Axes. matplotlib is imported on first use.
+
+Results hold fractions; figures show accuracy and error in percent and say so in their labels.
+
+In a script nothing appears on screen; save the figure with ``path=`` (the format follows the
+suffix) or from the returned Axes::
+
+    from landscape import plot
+
+    plot.surface(surface, log_levels=True, path="surface.png")
+    ax = plot.curves({"vanilla": before, "weights": after})
+    ax.set_title("my title")
+    ax.figure.savefig("curves.pdf", bbox_inches="tight")
+
+3-D views: :func:`surface3d` (matplotlib; interactive in Jupyter with ``%matplotlib widget``)
+and :func:`export_vtk` (a ``.vtu``/``.vtk`` file for ParaView, written by meshio).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +27,8 @@ _FUNCTIONS = {
     "curve": "landscape.plot.connectivity",
     "curves": "landscape.plot.connectivity",
     "surface": "landscape.plot.connectivity",
+    "surface3d": "landscape.plot.connectivity",
+    "export_vtk": "landscape.plot.export",
     "instability": "landscape.plot.connectivity",
     "objective_history": "landscape.plot.alignment",
     "permutation_matrix": "landscape.plot.alignment",

@@ -104,7 +104,8 @@ def features_at(
 
         def hook(_module: nn.Module, _inputs: object, output: object, name: str = name) -> None:
             out = output[0] if isinstance(output, (tuple, list)) else output
-            collected[name].append(out.detach().flatten(1).float().cpu())
+            # a copy: an in-place module after this one (ReLU(inplace=True)) would change the value
+            collected[name].append(out.detach().flatten(1).to(device="cpu", dtype=torch.float32, copy=True))
 
         hooks.append(modules[name].register_forward_hook(hook))
     batches = 0

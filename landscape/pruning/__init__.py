@@ -1,6 +1,8 @@
-"""Lottery tickets: pruning masks as States of booleans, global or layer-wise magnitude pruning,
+"""Pruning. Lottery tickets: masks as States of booleans, global or layer-wise magnitude pruning,
 random-mask controls, and iterative magnitude pruning with rewinding (``imp``) that writes every
-round to disk and resumes. Masked training is ``landscape.train(..., mask=mask)``."""
+round to disk and resumes (masked training is ``landscape.train(..., mask=mask)``). Structured
+pruning: whole units of every symmetry group removed, fused into the kept ones by optimal
+transport (``intra_fusion``, Theus et al. 2024) or discarded."""
 
 from landscape.pruning.iterative import BRANCHES, DEFAULT_TRAIN, imp
 from landscape.pruning.masks import (
@@ -15,19 +17,35 @@ from landscape.pruning.masks import (
     random_mask,
     sparsity,
 )
+from landscape.pruning.structured import (
+    IMPORTANCES,
+    MARGINALS,
+    PRUNE_METHODS,
+    Pruned,
+    intra_fusion,
+    plain_groups,
+    unit_importance,
+)
 
 __all__ = [
     "BRANCHES",
     "DEFAULT_TRAIN",
+    "IMPORTANCES",
+    "MARGINALS",
+    "PRUNE_METHODS",
     "SCOPES",
+    "Pruned",
     "apply_mask",
     "check_mask",
     "density",
     "full_mask",
     "imp",
+    "intra_fusion",
     "layer_density",
     "magnitude_prune",
+    "plain_groups",
     "prunable_parameters",
     "random_mask",
     "sparsity",
+    "unit_importance",
 ]

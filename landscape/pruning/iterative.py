@@ -3,22 +3,19 @@ its two controls in the same run, written round by round so that a killed run re
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from landscape.core.checkpoints import load_state, save_state
 from landscape.core.data import as_splits
 from landscape.core.errors import bad_argument, describe
-from landscape.core.io import ResumableRun, checkpoint_record, provenance_attrs
+from landscape.core.io import checkpoint_record, data_fingerprint, open_run, provenance_attrs, run_settings
 from landscape.core.spec import spec_of
-from landscape.core.state import State, as_state, check_compatible, content_hash
+from landscape.core.state import State, as_state, check_compatible
 from landscape.pruning.masks import (
     SCOPES,
     _check_rate,
@@ -36,16 +33,6 @@ __all__ = ["BRANCHES", "DEFAULT_TRAIN", "imp"]
 BRANCHES = ("imp", "reinit", "random_mask")
 DEFAULT_TRAIN: dict[str, object] = {"epochs": 10, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 128}
 _RESERVED = ("start", "resume_step", "mask", "init_seed", "checkpoint_steps", "steps", "progress", "device")
-
-
-def _data_fingerprint(splits: Mapping[str, tuple[Tensor, Tensor]]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(splits):
-        x, y = splits[name]
-        h.update(name.encode())
-        h.update(x.detach().cpu().contiguous().numpy().tobytes())
-        h.update(y.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def imp(
@@ -195,9 +182,8 @@ def imp(
     settings = {
         "analysis": "imp",
         "model": spec_of(model) or type(model).__name__,
-        "start_sha256": content_hash(start_state),
         "data": getattr(splits, "name", "data"),
-        "data_fingerprint": _data_fingerprint(splits),
+        "data_fingerprint": data_fingerprint(splits),
         "train": {k: options[k] for k in sorted(options)},
         "prune_rate": rate,
         "scope": scope,
@@ -206,20 +192,30 @@ def imp(
         "controls": list(controls),
         "seed": int(seed),
     }
-    run = ResumableRun(out, settings, function=fn) if out is not None else None
-    folder = Path(out) if out is not None else None
+    # The one run fingerprint: architecture, start weights, data, every option, version.
+    fingerprint = (
+        run_settings(
+            fn,
+            model=model,
+            states={"start": start_state},
+            data=splits,
+            options={k: v for k, v in settings.items() if k not in ("model", "data", "data_fingerprint")},
+        )
+        if out is not None
+        else None
+    )
     memory: dict[str, State] = {}
 
     def put(name: str, state: State) -> None:
         memory[name] = state
-        if folder is not None:
-            save_state(state, folder / f"{name}.safetensors")
+        if run is not None:
+            run.save_state(name, state)
 
     def get(name: str) -> State:
         if name in memory:
             return memory[name]
-        assert folder is not None
-        state = load_state(folder / f"{name}.safetensors")
+        assert run is not None
+        state = run.load_state(name)  # hash-checked: a replaced file is an error naming it
         if name.startswith("mask"):
             state = State({k: v.bool() for k, v in state.items()}, provenance=state.provenance)
         memory[name] = state
@@ -250,71 +246,72 @@ def imp(
     branches = ("imp", *controls)
     reinit_state = init_state(model, int(seed) + 1)
     results: list[xr.Dataset] = []
-    for r in range(rounds + 1):
-        step_name = f"round-{r:03d}"
-        if run is not None and run.done(step_name):
-            results.append(run.load(step_name))
-            continue
-        acc = np.full(len(branches), np.nan)
-        tloss = np.full(len(branches), np.nan)
-        trloss = np.full(len(branches), np.nan)
-        msp = np.full(len(branches), np.nan)
-        if r == 0:
-            dense = fit(start_state, None, total, keep=(rewind_step,))
-            put("rewind", dense.checkpoints[rewind_step])
-            put("mask-000", mask0)
-            put("trained-000", dense.state)
-            imp_summary = summary(dense)
-            for i, b in enumerate(branches):
-                if b == "reinit":
-                    other = fit(reinit_state, None, total)
-                    acc[i], tloss[i], trloss[i] = summary(other)
-                else:  # the random mask of a full mask is the full mask: the dense run itself
-                    acc[i], tloss[i], trloss[i] = imp_summary
-                msp[i] = 0.0
-            mask = mask0
-        else:
-            previous = get(f"trained-{r - 1:03d}")
-            mask = magnitude_prune(previous, get(f"mask-{r - 1:03d}"), prune_rate=rate, scope=scope)
-            rewind = get("rewind")
-            remaining = total - rewind_step
-            for i, b in enumerate(branches):
-                if b == "imp":
-                    result = fit(apply_mask(rewind, mask), mask, remaining)
-                    put(f"mask-{r:03d}", mask)
-                    put(f"trained-{r:03d}", result.state)
-                    msp[i] = sparsity(mask)
-                elif b == "reinit":
-                    result = fit(apply_mask(reinit_state, mask), mask, remaining)
-                    msp[i] = sparsity(mask)
-                else:
-                    control = random_mask(mask, seed=int(seed) + r)
-                    result = fit(apply_mask(rewind, control), control, remaining)
-                    msp[i] = sparsity(control)
-                acc[i], tloss[i], trloss[i] = summary(result)
-        ds = xr.Dataset(
-            {
-                "test_accuracy": (("round", "branch"), acc[None]),
-                "test_loss": (("round", "branch"), tloss[None]),
-                "train_loss": (("round", "branch"), trloss[None]),
-                "mask_sparsity": (("round", "branch"), msp[None]),
-            },
-            coords={
-                "round": [r],
-                "branch": list(branches),
-                "sparsity": ("round", [sparsity(mask)]),
-                "density": ("round", [1.0 - sparsity(mask)]),
-            },
-        )
-        if run is not None:
-            run.save(step_name, ds)  # written last: a round counts as done only when all its files exist
-        results.append(ds)
+    with open_run(out, fingerprint, function=fn) as run:
+        for r in range(rounds + 1):
+            step_name = f"round-{r:03d}"
+            if run is not None and run.done(step_name):
+                results.append(run.load(step_name))
+                continue
+            acc = np.full(len(branches), np.nan)
+            tloss = np.full(len(branches), np.nan)
+            trloss = np.full(len(branches), np.nan)
+            msp = np.full(len(branches), np.nan)
+            if r == 0:
+                dense = fit(start_state, None, total, keep=(rewind_step,))
+                put("rewind", dense.checkpoints[rewind_step])
+                put("mask-000", mask0)
+                put("trained-000", dense.state)
+                imp_summary = summary(dense)
+                for i, b in enumerate(branches):
+                    if b == "reinit":
+                        other = fit(reinit_state, None, total)
+                        acc[i], tloss[i], trloss[i] = summary(other)
+                    else:  # the random mask of a full mask is the full mask: the dense run itself
+                        acc[i], tloss[i], trloss[i] = imp_summary
+                    msp[i] = 0.0
+                mask = mask0
+            else:
+                previous = get(f"trained-{r - 1:03d}")
+                mask = magnitude_prune(previous, get(f"mask-{r - 1:03d}"), prune_rate=rate, scope=scope)
+                rewind = get("rewind")
+                remaining = total - rewind_step
+                for i, b in enumerate(branches):
+                    if b == "imp":
+                        result = fit(apply_mask(rewind, mask), mask, remaining)
+                        put(f"mask-{r:03d}", mask)
+                        put(f"trained-{r:03d}", result.state)
+                        msp[i] = sparsity(mask)
+                    elif b == "reinit":
+                        result = fit(apply_mask(reinit_state, mask), mask, remaining)
+                        msp[i] = sparsity(mask)
+                    else:
+                        control = random_mask(mask, seed=int(seed) + r)
+                        result = fit(apply_mask(rewind, control), control, remaining)
+                        msp[i] = sparsity(control)
+                    acc[i], tloss[i], trloss[i] = summary(result)
+            ds = xr.Dataset(
+                {
+                    "test_accuracy": (("round", "branch"), acc[None]),
+                    "test_loss": (("round", "branch"), tloss[None]),
+                    "train_loss": (("round", "branch"), trloss[None]),
+                    "mask_sparsity": (("round", "branch"), msp[None]),
+                },
+                coords={
+                    "round": [r],
+                    "branch": list(branches),
+                    "sparsity": ("round", [sparsity(mask)]),
+                    "density": ("round", [1.0 - sparsity(mask)]),
+                },
+            )
+            if run is not None:
+                run.save(step_name, ds)  # written last: a round counts as done only when all its files exist
+            results.append(ds)
     combined = xr.concat(results, dim="round")
     combined["test_accuracy"].attrs["description"] = "accuracy on the test split after training"
     combined["train_loss"].attrs["description"] = "mean training loss over the last epoch's steps"
     combined["mask_sparsity"].attrs["description"] = "pruned fraction of the prunable weights in the branch's mask"
     combined.attrs = provenance_attrs(
-        **{k: v for k, v in settings.items() if k != "start_sha256"},
+        **settings,
         start=checkpoint_record(start_state),
         total_steps=total,
         rounds=rounds,

@@ -20,6 +20,19 @@ from landscape.symmetry._graph import AxisRef, Group, RepairSite, SymmetryCheckE
 from landscape.symmetry._patterns import Fold
 from landscape.symmetry._trace import UnsupportedOperationError
 from landscape.symmetry.layout import Atom, Fixed, Layout, Prod, Sum
+
+# Imported last: it builds on the names above.
+from landscape.symmetry.surgery import (
+    AFFINE_LAYERS,
+    FoldedNorm,
+    channel_statistics,
+    fold_batchnorm,
+    layout_size,
+    map_units,
+    resize_model,
+    unfold_batchnorm,
+    unit_rows,
+)
 from landscape.symmetry.transforms import (
     KINDS,
     LinearMap,
@@ -31,11 +44,13 @@ from landscape.symmetry.transforms import (
 )
 
 __all__ = [
+    "AFFINE_LAYERS",
     "KINDS",
     "Atom",
     "AxisRef",
     "Fixed",
     "Fold",
+    "FoldedNorm",
     "Group",
     "Layout",
     "LinearMap",
@@ -51,11 +66,17 @@ __all__ = [
     "UnsupportedOperationError",
     "apply",
     "apply_maps",
+    "channel_statistics",
     "example_input_for",
+    "fold_batchnorm",
+    "layout_size",
+    "map_units",
     "random_transform",
+    "resize_model",
     "symmetry_graph",
+    "unfold_batchnorm",
+    "unit_rows",
 ]
-
 
 def apply(graph: SymmetryGraph, state, transforms, *, validate: bool = True):
     """``graph.apply(state, transforms)``: transform a state by one transform per group.

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from landscape.core.state import State
 from landscape.symmetry.layout import Atom, Fixed, apply_axis, atoms
-from landscape.symmetry.transforms import PerHead, Permutation, Transform
+from landscape.symmetry.transforms import PerHead, Permutation, Transform, apply_transform
 
 __all__ = ["apply_maps", "is_permutation"]
 
@@ -70,7 +70,7 @@ def apply_maps(
                 if m is None:
                     return tensor
                 v = ("in" if variance == "out" else "out") if atom.dual else variance
-                return m.apply(tensor, d, v, siblings)
+                return apply_transform(m, tensor, d, v, siblings)
 
             work = apply_axis(work, k, lay, act, sizes)
         out[key] = work.to(t.dtype).contiguous() if not exact else work.contiguous()

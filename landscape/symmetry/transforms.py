@@ -32,6 +32,7 @@ __all__ = [
     "Permutation",
     "SoftMap",
     "Transform",
+    "apply_transform",
     "as_transform",
     "random_transform",
     "rotary_matrix",
@@ -357,3 +358,13 @@ def centered_basis(size: int) -> Tensor:
         torch.cat([torch.ones(size, 1, dtype=torch.float64), torch.eye(size, dtype=torch.float64)[:, : size - 1]], 1)
     )
     return q[:, 1:]
+
+
+def apply_transform(
+    transform: Transform, tensor: Tensor, dim: int, variance: str, siblings: Mapping[str, int]
+) -> Tensor:
+    """``transform.apply`` with the sibling axes only for per-head transforms (transforms written
+    for the three-argument ``apply(tensor, dim, variance)`` keep working)."""
+    if isinstance(transform, PerHead):
+        return transform.apply(tensor, dim, variance, siblings)
+    return transform.apply(tensor, dim, variance)

@@ -161,14 +161,14 @@ def test_plane_rejects_degenerate_states() -> None:
         C.plane_basis(a, b, midpoint)
 
 
-def test_random_plane_and_line_centre_is_the_state() -> None:
+def test_random_plane_and_line_centre_is_the_state(device: str) -> None:
     model = _mlp(0)
     x, y = zoo_data("mlp")
     loss, _ = reference_metrics(model, ls.state_of(model), x, y)
-    surface = C.random_plane(model, model, (x, y), resolution=5, span=0.5, progress=False)
-    assert surface.attrs["strategy"] == "affine"
+    surface = C.random_plane(model, model, (x, y), resolution=5, span=0.5, device=device, progress=False)
+    assert surface.attrs["strategy"] == ("affine" if device == "cpu" else "vmap")
     assert float(surface.loss.sel(alpha=0, beta=0)) == pytest.approx(loss, rel=1e-5)
-    line = C.random_line(model, model, (x, y), resolution=5, progress=False)
+    line = C.random_line(model, model, (x, y), resolution=5, device=device, progress=False)
     assert float(line.loss.sel(alpha=0)) == pytest.approx(loss, rel=1e-5)
     with pytest.raises(LandscapeError, match=r"random_plane\(resolution=...\)"):
         C.random_plane(model, model, (x, y), resolution=1, progress=False)

@@ -19,12 +19,12 @@ def _zoo(name: str, seed: int):
 
 @pytest.mark.parametrize("name", sorted(ZOO_INPUTS))
 @pytest.mark.parametrize("strategy", ["loop", "affine", "vmap"])
-def test_every_strategy_matches_a_plain_loop_for_every_zoo_model(name: str, strategy: str) -> None:
+def test_every_strategy_matches_a_plain_loop_for_every_zoo_model(name: str, strategy: str, device: str) -> None:
     model, other = _zoo(name, 0), _zoo(name, 1)
     a, b = ls.state_of(model), ls.state_of(other)
     x, y = zoo_data(name)
     line = AffineFamily.line(a, b, alphas=[-0.25, 0.0, 0.4, 1.0])
-    ds = ls.evaluate(model, line, (x, y), strategy=strategy, batch_size=20, progress=False)
+    ds = ls.evaluate(model, line, (x, y), strategy=strategy, batch_size=20, device=device, progress=False)
     assert ds.attrs["strategy"] == strategy
     for k, alpha in enumerate(line.coords["alpha"]):
         loss, acc = reference_metrics(model, ls.lerp(a, b, alpha), x, y)
@@ -34,7 +34,7 @@ def test_every_strategy_matches_a_plain_loop_for_every_zoo_model(name: str, stra
 
 @pytest.mark.parametrize("strategy", ["loop", "affine", "vmap"])
 @pytest.mark.parametrize("name", ["mlp", "resnet"])
-def test_bn_reset_matches_update_bn_by_hand(strategy: str, name: str) -> None:
+def test_bn_reset_matches_update_bn_by_hand(strategy: str, name: str, device: str) -> None:
     kwargs = {"width": 12, "depth": 2, "norm": "batch"} if name == "mlp" else ZOO_INPUTS["resnet"][0]
     model, other = ls.models.create(name, seed=0, **kwargs), ls.models.create(name, seed=1, **kwargs)
     a, b = ls.state_of(model), ls.state_of(other)
@@ -51,6 +51,7 @@ def test_bn_reset_matches_update_bn_by_hand(strategy: str, name: str) -> None:
         bn_batch_size=16,
         strategy=strategy,
         batch_size=7 if strategy == "affine" else None,
+        device=device,
         progress=False,
     )
     assert ds.attrs["bn"] == "reset" and ds.attrs["bn_examples"] == 50 and ds.attrs["bn_batch_size"] == 16
@@ -65,26 +66,26 @@ def test_plane_is_evaluated_with_the_affine_strategy_and_matches_the_loop() -> N
     d1, d2 = ls.random_direction(a, seed=0), ls.random_direction(a, seed=1)
     grid = AffineFamily.grid(a, (d1, d2), np.linspace(-1, 1, 3), np.linspace(-1, 1, 4))
     x, y = zoo_data("mlp")
-    fast = ls.evaluate(model, grid, {"test": (x, y)}, progress=False)
-    slow = ls.evaluate(model, grid, {"test": (x, y)}, strategy="loop", progress=False)
+    fast = ls.evaluate(model, grid, {"test": (x, y)}, device="cpu", progress=False)
+    slow = ls.evaluate(model, grid, {"test": (x, y)}, strategy="loop", device="cpu", progress=False)
     assert fast.attrs["strategy"] == "affine" and fast.loss.dims == ("alpha", "beta", "split")
     np.testing.assert_allclose(fast.loss.values, slow.loss.values, rtol=1e-5)
 
 
 def test_first_layer_flop_share_is_the_hand_count_and_decides_the_cpu_strategy() -> None:
-    from landscape.core.strategies import first_layer_flop_share
+    from landscape.core._strategies import first_layer_flop_share
 
     wide = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     x = torch.randn(5, 64)
     line = AffineFamily.line(ls.state_of(wide), ls.state_of(wide), 3)
     assert first_layer_flop_share(wide, line, x) == pytest.approx(64 * 32 / (64 * 32 + 32 * 4))
     y = torch.randint(0, 4, (5,))
-    assert ls.evaluate(wide, line, (x, y), progress=False).attrs["strategy"] == "affine"
+    assert ls.evaluate(wide, line, (x, y), device="cpu", progress=False).attrs["strategy"] == "affine"
     # A cheap first layer (8 of 8 + 8 * 256 + 256 * 4 operations per example): the loop runs.
     narrow = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Linear(8, 256), torch.nn.Linear(256, 4))
     line = AffineFamily.line(ls.state_of(narrow), ls.state_of(narrow), 3)
     assert first_layer_flop_share(narrow, line, x[:, :1]) == pytest.approx(8 / (8 + 8 * 256 + 256 * 4))
-    assert ls.evaluate(narrow, line, (x[:, :1], y), progress=False).attrs["strategy"] == "loop"
+    assert ls.evaluate(narrow, line, (x[:, :1], y), device="cpu", progress=False).attrs["strategy"] == "loop"
     embedding = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 3))
     line = AffineFamily.line(ls.state_of(embedding), ls.state_of(embedding), 3)
     assert first_layer_flop_share(embedding, line, torch.randint(0, 10, (2, 3))) == 0.0
@@ -107,7 +108,7 @@ def test_image_models_run_channels_last_on_the_cpu_with_the_same_numbers() -> No
 def test_named_points_labels_and_dims() -> None:
     model = _zoo("mlp", 0)
     x, y = zoo_data("mlp")
-    ds = ls.evaluate(model, {"first": model, "second": _zoo("mlp", 1)}, (x, y), progress=False)
+    ds = ls.evaluate(model, {"first": model, "second": _zoo("mlp", 1)}, (x, y), device="cpu", progress=False)
     assert ds.loss.dims == ("point",) and list(ds.point.values) == ["first", "second"]
     assert ds.attrs["strategy"] == "loop"
 
@@ -167,6 +168,8 @@ def test_errors_name_the_argument() -> None:
     with pytest.raises(LandscapeError, match=r"evaluate\(bn=...\)"):
         ls.evaluate(model, [model], (x, y), bn="recompute", progress=False)
     with pytest.raises(LandscapeError, match=r"evaluate\(metrics=...\)"):
+        ls.evaluate(model, [model], (x, y), metrics=["bleu"], progress=False)
+    with pytest.raises(LandscapeError, match=r"evaluate\(metrics=...\).*holds no token sequences"):
         ls.evaluate(model, [model], (x, y), metrics=["perplexity"], progress=False)
     with pytest.raises(LandscapeError, match=r"evaluate\(batch_size=...\)"):
         ls.evaluate(model, [model], (x, y), batch_size=0, progress=False)
@@ -212,12 +215,11 @@ def test_results_round_trip_through_netcdf(tmp_path) -> None:
     assert back.attrs["strategy"] == ds.attrs["strategy"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_vmap_path_matches_cpu() -> None:  # pragma: no cover - runs on GPU machines only
+def test_auto_picks_vmap_on_cuda_and_matches_the_cpu(device: str) -> None:
     model = _zoo("resnet", 0)
     line = AffineFamily.line(ls.state_of(model), ls.state_of(_zoo("resnet", 1)), 5)
     data = zoo_data("resnet")
-    gpu = ls.evaluate(model, line, data, device="cuda", progress=False)
-    cpu = ls.evaluate(model, line, data, device="cpu", progress=False)
-    assert gpu.attrs["strategy"] == "vmap"
-    np.testing.assert_allclose(gpu.loss.values, cpu.loss.values, rtol=1e-4)
+    here = ls.evaluate(model, line, data, device=device, progress=False)
+    cpu = ls.evaluate(model, line, data, device="cpu", strategy="loop", progress=False)
+    assert here.attrs["strategy"] == ("vmap" if device.startswith("cuda") else "loop")
+    np.testing.assert_allclose(here.loss.values, cpu.loss.values, rtol=1e-5)

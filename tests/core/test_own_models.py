@@ -59,9 +59,10 @@ class AttributeReader(nn.Module):
 
 
 def _line_matches_loop(model_a, model_b, x, y, **kwargs):
+    """The loss along a line equals a hand loop; on the CPU, so that the strategy is the CPU's."""
     a, b = ls.state_of(model_a), ls.state_of(model_b)
     family = AffineFamily.line(a, b, alphas=[0.0, 0.3, 0.5, 1.0, 1.4])
-    ds = ls.evaluate(model_a, family, (x, y), progress=False, **kwargs)
+    ds = ls.evaluate(model_a, family, (x, y), progress=False, **{"device": "cpu", **kwargs})
     for k, alpha in enumerate(family.coords["alpha"]):
         loss, _ = reference_metrics(model_a, family.state(k), x, y)
         assert float(ds.loss[k]) == pytest.approx(loss, rel=1e-5), (alpha, ds.attrs["strategy"])

@@ -171,3 +171,16 @@ def test_content_hash_depends_on_numbers_only() -> None:
 def test_as_state_error_names_function_and_fix() -> None:
     with pytest.raises(LandscapeError, match=r"lerp\(a=...\): expected a State.*found 3 \(int\)"):
         S.lerp(3, _state(0), 0.5)
+
+
+def test_content_hashes_follow_every_kind_of_write() -> None:
+    state = S.state_of(torch.nn.Linear(3, 2))
+    seen = {S.record_hash(state)}
+    state["weight"].data[0, 0] = 5.0  # a write through .data
+    seen.add(S.record_hash(state))
+    state["weight"].data.mul_(2)  # an in-place op on .data
+    seen.add(S.record_hash(state))
+    state["bias"].numpy()[0] = -3.0  # a write through a numpy view
+    seen.add(ls.core.io.checkpoint_record(state)["sha256"])
+    assert len(seen) == 4
+    assert state.provenance["sha256"] == S.content_hash(state)

@@ -7,66 +7,178 @@
   runs per point.
 - ``vmap``: ``torch.func.vmap`` over chunks of stacked points (the fast path on GPUs).
 
-Each strategy calls ``consume(points, split, logits, targets)`` with logits of shape
-(len(points), n, ...), and the caller accumulates metrics.
+Each strategy is a generator of :class:`PointBatch`: the model's outputs (and the outputs of
+any captured submodules) for some points on one data batch, with a leading point axis.
+:func:`landscape.core.run_points` chooses the strategy and the caller reduces the batches.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from landscape.core._sources import Batch, Source
 from landscape.core.batchnorm import fresh_bn_buffers, recompute_mode
-from landscape.core.data import batches
+from landscape.core.data import batch_slices
+from landscape.core.errors import bad_argument
 from landscape.core.family import AffineFamily, combine
 from landscape.core.metrics import model_output_logits
 
-__all__ = ["STRATEGIES", "Job", "find_first_layer", "first_layer_flop_share"]
+__all__ = ["STRATEGIES", "Capture", "Job", "PointBatch", "find_first_layer", "first_layer_flop_share"]
 
-STRATEGIES = ("auto", "loop", "affine", "vmap")
+STRATEGIES = ("auto", "loop", "affine", "vmap", "graph")
 # Exact types only: a subclass may override forward with something not linear in the weights
 # (weight standardisation, LoRA adapters, ...).
 LINEAR_IN_PARAMETERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 DEFAULT_BN_BATCH_SIZE = 1024
 
-Consume = Callable[[Sequence[int], str, Tensor, Tensor], None]
+
+@dataclass
+class PointBatch:
+    """What the model computed at some parameter points on one batch of data.
+
+    Attributes
+    ----------
+    points : list of int
+        Indices of the points (into the run's family); the leading axis of every tensor below.
+    split : str
+        The data split the batch comes from.
+    output : object
+        The model's raw output with a leading point axis (a tensor, or a tuple/dict/Hugging Face
+        output of tensors, each with that axis).
+    targets : torch.Tensor or None
+        The batch's targets (shared by all points), or None for unlabelled data.
+    features : dict of str to torch.Tensor
+        Outputs of the captured submodules, shape ``(len(points), n, ...)``.
+    size : int
+        Examples in the batch.
+    """
+
+    points: list[int]
+    split: str
+    output: object
+    targets: Tensor | None
+    features: dict[str, Tensor] = field(default_factory=dict)
+    size: int = 0
+
+    @property
+    def logits(self) -> Tensor:
+        """The logits in ``output`` (a tensor, ``.logits``, or the first element of a tuple)."""
+        return model_output_logits(self.output)
+
+
+def _with_point_axis(value: object) -> object:
+    if isinstance(value, Tensor):
+        return value[None]
+    return torch.utils._pytree.tree_map(lambda t: t[None] if isinstance(t, Tensor) else t, value)
+
+
+class Capture:
+    """Forward hooks that keep the outputs of named submodules of the engine's model.
+
+    A module that returns a tuple contributes its first element (as a transformer block's
+    hidden states). Each captured module must run exactly once per forward pass: a module that
+    is reused (one activation applied twice) has no single output to return.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], *, function: str) -> None:
+        modules = dict(model.named_modules())
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise bad_argument(
+                function,
+                "features",
+                expected=f"names of submodules of the model, such as {[n for n in modules if n][:10]}",
+                found=repr(unknown[0]),
+            )
+        if len(set(names)) != len(names):
+            raise bad_argument(function, "features", expected="distinct module names", found=repr(list(names)))
+        self.names = list(names)
+        self.active = False
+        self.values: dict[str, Tensor] = {}
+        self.calls: dict[str, int] = {}
+        self.function = function
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in self.names]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            if self.active:
+                value = output[0] if isinstance(output, (tuple, list)) else output
+                # A later in-place op (ReLU(inplace=True) after a BatchNorm) would change the value.
+                self.values[name] = value.clone()
+                self.calls[name] = self.calls.get(name, 0) + 1
+
+        return hook
+
+    def take(self) -> dict[str, Tensor]:
+        """The values of the forward pass that just ran (and forget them)."""
+        if not self.names:
+            return {}
+        for name in self.names:
+            calls = self.calls.get(name, 0)
+            if calls != 1:
+                raise bad_argument(
+                    self.function,
+                    "features",
+                    expected="modules that run once per forward pass",
+                    found=f"{name!r}, which ran {calls} times in one forward pass",
+                    fix="Capture a module that is not reused (e.g. give each activation its own module).",
+                )
+        values, self.values, self.calls = self.values, {}, {}
+        return values
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 @dataclass
 class Job:
     """Everything a strategy needs: a private copy of the model on the device, the points,
-    the data already on the device, and the BatchNorm plan."""
+    the data already on the device, the BatchNorm plan, feature hooks and the precision."""
 
     model: nn.Module
     family: AffineFamily
-    splits: dict[str, tuple[Tensor, Tensor]]
+    splits: dict[str, Source]
     batch_size: int
     device: torch.device
     bn_keys: list[str]
-    bn_data: Tensor | None
+    bn_data: Source | None
     tick: Callable[[int], None]
     bn_batch_size: int = DEFAULT_BN_BATCH_SIZE
+    capture: Capture | None = None
+    precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    precision_name: str = "float32"
 
-    def data_batches(self) -> Iterator[tuple[str, Tensor, Tensor]]:
-        for name, (x, y) in self.splits.items():
-            for xb, yb in batches(x, y, self.batch_size):
-                yield name, xb, yb
+    def data_batches(self) -> Iterator[tuple[str, Batch]]:
+        for name, source in self.splits.items():
+            for batch in source.batches(self.batch_size):
+                yield name, batch
 
-    def bn_batches(self) -> Iterator[Tensor]:
+    @property
+    def streamed(self) -> bool:
+        """Some data is read from a loader on every pass: read it once per chunk of points."""
+        return any(s.streamed for s in self.splits.values())
+
+    def bn_batches(self) -> Iterator[Batch]:
         """Batches for recomputing BN statistics; their size is fixed (not the evaluation
         batch size), so every strategy computes the same statistics."""
         assert self.bn_data is not None
-        for start in range(0, self.bn_data.shape[0], self.bn_batch_size):
-            yield self.bn_data[start : start + self.bn_batch_size]
+        return self.bn_data.batches(self.bn_batch_size)
+
+    def features(self) -> dict[str, Tensor]:
+        return self.capture.take() if self.capture is not None else {}
 
 
-def _forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:
-    return model_output_logits(functional_call(model, params, (x,)))
+def _call(model: nn.Module, params: Mapping[str, Tensor] | None, batch: Batch) -> object:
+    if params is None:
+        return model(*batch.args, **batch.kwargs)
+    return functional_call(model, dict(params), batch.args, batch.kwargs)
 
 
 class PointRunner:
@@ -80,6 +192,7 @@ class PointRunner:
     """
 
     def __init__(self, job: Job) -> None:
+        self.job = job
         self.model = job.model
         self.family = job.family
         self.device = job.device
@@ -114,10 +227,9 @@ class PointRunner:
             for key, value in (extra or {}).items():
                 self.slots[key].copy_(value)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.in_place:
-            return model_output_logits(self.model(x))
-        return _forward(self.model, self.params, x)
+    def forward(self, batch: Batch) -> object:
+        with self.job.precision():
+            return _call(self.model, None if self.in_place else self.params, batch)
 
     def keep(self, buffers: dict[str, Tensor]) -> None:
         """Copy the model's current values of ``buffers``' keys into them: BatchNorm updates its
@@ -128,42 +240,85 @@ class PointRunner:
                     value.copy_(self.slots[key])
 
 
-def _recompute_bn(job: Job, runner: PointRunner, k: int) -> dict[str, Tensor]:
+@contextlib.contextmanager
+def _statistics_pass(job: Job) -> Iterator[Callable[[int], None]]:
+    """BatchNorm in statistics mode, feature capture off."""
+    active = job.capture.active if job.capture is not None else False
+    if job.capture is not None:
+        job.capture.active = False
+    try:
+        with recompute_mode(job.model) as before_batch:
+            yield before_batch
+    finally:
+        if job.capture is not None:
+            job.capture.active = active
+
+
+def recompute_point_bn(job: Job, runner: PointRunner, k: int) -> dict[str, Tensor]:
     """Running statistics of point ``k``, recomputed from the BN batches (size-weighted). The
     runner is left at the point with these statistics."""
     buffers = fresh_bn_buffers(job.family.state_on(k, job.device, job.bn_keys), job.bn_keys)
     runner.set_point(k, extra=buffers)
-    with recompute_mode(job.model) as before_batch:
-        for xb in job.bn_batches():
-            before_batch(xb.shape[0])
-            runner.forward(xb)
+    with _statistics_pass(job) as before_batch:
+        for batch in job.bn_batches():
+            before_batch(batch.size)
+            runner.forward(batch)
     runner.keep(buffers)
     return buffers
 
 
 # -- loop ------------------------------------------------------------------------------
-def run_loop(job: Job, consume: Consume) -> None:
+Forward = Callable[[str, Batch], tuple[object, dict[str, Tensor]]]
+
+
+def run_loop(job: Job, forward: Callable[[PointRunner], Forward] | None = None) -> Iterator[PointBatch]:
+    """One point at a time, written into the model in place. ``forward(runner)`` makes the
+    function that runs one batch at the current point (default: the runner's forward pass)."""
     runner = PointRunner(job)
+    if job.streamed:
+        yield from _run_loop_streamed(job, runner)
+        return
+    run = forward(runner) if forward is not None else (lambda split, batch: (runner.forward(batch), job.features()))
     for k in range(len(job.family)):
         if job.bn_keys:
-            _recompute_bn(job, runner, k)
+            recompute_point_bn(job, runner, k)
         else:
             runner.set_point(k)
-        for split, xb, yb in job.data_batches():
-            consume([k], split, runner.forward(xb)[None], yb)
-            job.tick(1)
+        for split, batch in job.data_batches():
+            yield _point_batch(job, k, split, *run(split, batch), batch)
+
+
+def _point_batch(job: Job, k: int, split: str, output: object, features: dict[str, Tensor], batch: Batch) -> PointBatch:
+    job.tick(1)
+    return PointBatch(
+        [k], split, _with_point_axis(output), batch.targets, {n: v[None] for n, v in features.items()}, batch.size
+    )
+
+
+def _run_loop_streamed(job: Job, runner: PointRunner) -> Iterator[PointBatch]:
+    """Data read once for all points: every point runs on each batch as it arrives."""
+    bn_buffers = [recompute_point_bn(job, runner, k) for k in range(len(job.family))] if job.bn_keys else []
+    for split, batch in job.data_batches():
+        for k in range(len(job.family)):
+            runner.set_point(k, extra=bn_buffers[k] if bn_buffers else None)
+            yield _point_batch(job, k, split, runner.forward(batch), job.features(), batch)
 
 
 # -- vmap ------------------------------------------------------------------------------
-def run_vmap(job: Job, consume: Consume, points_per_chunk: int) -> None:
-    batched = vmap(lambda p, x: _forward(job.model, p, x), in_dims=(0, None))
+def run_vmap(job: Job, points_per_chunk: int) -> Iterator[PointBatch]:
+    def one_point(params: dict[str, Tensor], args: tuple, kwargs: dict) -> tuple[object, dict[str, Tensor]]:
+        with job.precision():
+            output = functional_call(job.model, params, args, kwargs)
+        return output, job.features()
+
+    batched = vmap(one_point, in_dims=(0, None, None))
     k_total = len(job.family)
     bn_buffers: list[dict[str, Tensor]] = []
     if job.bn_keys:
         # In-place running-statistic updates cannot run under vmap: recompute them point by point.
         runner = PointRunner(job)
         for k in range(k_total):
-            bn_buffers.append(_recompute_bn(job, runner, k))
+            bn_buffers.append(recompute_point_bn(job, runner, k))
 
     def chunk(idx: list[int]) -> dict[str, Tensor]:
         stacked = dict(job.family.stacked(idx, job.device))
@@ -172,11 +327,12 @@ def run_vmap(job: Job, consume: Consume, points_per_chunk: int) -> None:
         return stacked
 
     points_per_chunk = _largest_fitting_chunk(job, batched, chunk, points_per_chunk)
-    for start in range(0, k_total, points_per_chunk):
-        idx = list(range(start, min(start + points_per_chunk, k_total)))
+    for s in batch_slices(k_total, points_per_chunk):
+        idx = list(range(s.start, s.stop))
         stacked = chunk(idx)
-        for split, xb, yb in job.data_batches():
-            consume(idx, split, batched(stacked, xb), yb)
+        for split, batch in job.data_batches():
+            output, features = batched(stacked, batch.args, batch.kwargs)
+            yield PointBatch(idx, split, output, batch.targets, features, batch.size)
             job.tick(len(idx))
 
 
@@ -185,10 +341,10 @@ def _largest_fitting_chunk(job: Job, batched, chunk, points_per_chunk: int) -> i
     in GPU memory (tried before any result is accumulated, so nothing is counted twice)."""
     if job.device.type != "cuda":
         return points_per_chunk
-    _, xb, _ = next(job.data_batches())
+    _, batch = next(job.data_batches())
     while True:
         try:
-            batched(chunk(list(range(min(points_per_chunk, len(job.family))))), xb)
+            batched(chunk(list(range(min(points_per_chunk, len(job.family))))), batch.args, batch.kwargs)
             return points_per_chunk
         except torch.cuda.OutOfMemoryError:
             if points_per_chunk == 1:
@@ -226,7 +382,11 @@ def _probe_points(family: AffineFamily, device: torch.device) -> list[dict[str, 
     return [*points, nan]
 
 
-def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor) -> FirstLayer | str:
+def _as_batch(sample: Tensor | Batch) -> Batch:
+    return sample if isinstance(sample, Batch) else Batch((sample,), {}, None, sample.shape[0])
+
+
+def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor | Batch) -> FirstLayer | str:
     """The first Linear/Conv/Embedding layer to run, if the ``affine`` strategy can use it;
     else the reason why not.
 
@@ -235,6 +395,7 @@ def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor) -> 
     basis state, at real points of the family and with every parameter set to NaN: nothing
     before it depends on the parameters (checked, not assumed).
     """
+    sample = _as_batch(sample)
     calls: list[tuple[str, nn.Module, tuple, dict]] = []
     hooks = []
     for name, module in model.named_modules():
@@ -247,11 +408,11 @@ def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor) -> 
     first: tuple[str, nn.Module] | None = None
     inputs: list[Tensor] = []
     try:
-        for params in _probe_points(family, sample.device):
+        for params in _probe_points(family, sample.first.device):
             calls.clear()
             with torch.no_grad():
                 try:
-                    _forward(model, params, sample)
+                    _call(model, params, sample)
                 except Exception as err:
                     # NaN weights may break a later layer; only the first layer's input matters.
                     if not calls:
@@ -295,11 +456,12 @@ def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor) -> 
     return FirstLayer(name=name, module=module, keys=keys, tied=tied)
 
 
-def first_layer_flop_share(model: nn.Module, family: AffineFamily, sample: Tensor) -> float:
+def first_layer_flop_share(model: nn.Module, family: AffineFamily, sample: Tensor | Batch) -> float:
     """The share of a forward pass's floating-point operations spent in the first
     Linear/Conv layer (0 for an Embedding, a lookup), counted on ``sample``."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    sample = _as_batch(sample)
     first: list[tuple[nn.Module, Tensor]] = []
 
     def hook(module: nn.Module, args: tuple, output: object) -> None:
@@ -310,7 +472,7 @@ def first_layer_flop_share(model: nn.Module, family: AffineFamily, sample: Tenso
     counter = FlopCounterMode(display=False)
     try:
         with counter, torch.no_grad():
-            _forward(model, _basis_params(family, 0, sample.device), sample)
+            _call(model, _basis_params(family, 0, sample.first.device), sample)
     except Exception:
         return 0.0  # let the strategies report the failure
     finally:
@@ -338,7 +500,7 @@ def _overridden_forward(module: nn.Module, forward: Callable[..., Tensor]) -> It
         del module.forward
 
 
-def run_affine(job: Job, consume: Consume, first: FirstLayer) -> None:
+def run_affine(job: Job, first: FirstLayer) -> Iterator[PointBatch]:
     family = job.family
     basis = family.device_basis(job.device)
     # The first layer's own parameters need not be set per point unless another module shares
@@ -360,24 +522,28 @@ def run_affine(job: Job, consume: Consume, first: FirstLayer) -> None:
 
     def layer_outputs(x_in: Tensor) -> Tensor:
         """The first layer's output for every basis state, shape (M, n, ...)."""
-        return torch.stack(
-            [
-                functional_call(first.module, {local: basis[key][m] for key, local in first.keys.items()}, (x_in,))
-                for m in range(len(family.basis))
-            ]
-        )
+        with job.precision():
+            return torch.stack(
+                [
+                    functional_call(first.module, {local: basis[key][m] for key, local in first.keys.items()}, (x_in,))
+                    for m in range(len(family.basis))
+                ]
+            )
 
-    def basis_outputs(xb: Tensor) -> Tensor:
+    def basis_outputs(batch: Batch) -> Tensor:
         state["mode"] = "capture"
+        active = job.capture.active if job.capture is not None else False
+        if job.capture is not None:
+            job.capture.active = False
         try:
             # Nothing before the first layer depends on the parameters (find_first_layer
             # checked), so whichever point the model holds gives its input.
-            if runner.in_place:
-                job.model(xb)
-            else:
-                _forward(job.model, _basis_params(family, 0, job.device), xb)
+            _call(job.model, None if runner.in_place else _basis_params(family, 0, job.device), batch)
         except _Stop:
             pass
+        finally:
+            if job.capture is not None:
+                job.capture.active = active
         x_in, state["captured"] = state["captured"], None
         state["mode"] = "original"
         return layer_outputs(x_in)
@@ -388,30 +554,32 @@ def run_affine(job: Job, consume: Consume, first: FirstLayer) -> None:
         else []
     )
 
-    def run_point(k: int, outputs: Tensor, xb: Tensor) -> Tensor:
+    def run_point(k: int, outputs: Tensor, batch: Batch) -> object:
         runner.set_point(k, per_point_keys, extra=bn_buffers[k] if bn_buffers else None)
         state["mode"], state["value"] = "inject", combine(outputs, weights[k])
-        return runner.forward(xb)
+        return runner.forward(batch)
 
     if first.name == "":  # the whole model is the linear layer
-        for split, xb, yb in job.data_batches():
-            outputs = layer_outputs(xb)
+        for split, batch in job.data_batches():
+            outputs = layer_outputs(batch.first)
             for k in range(len(family)):
-                consume([k], split, model_output_logits(combine(outputs, weights[k]))[None], yb)
+                yield PointBatch([k], split, combine(outputs, weights[k])[None], batch.targets, {}, batch.size)
                 job.tick(1)
         return
     with _overridden_forward(first.module, forward):
         if bn_buffers:
-            with recompute_mode(job.model) as before_batch:
-                for xb in job.bn_batches():
-                    before_batch(xb.shape[0])
-                    outputs = basis_outputs(xb)
+            with _statistics_pass(job) as before_batch:
+                for batch in job.bn_batches():
+                    before_batch(batch.size)
+                    outputs = basis_outputs(batch)
                     for k in range(len(family)):
-                        run_point(k, outputs, xb)
+                        run_point(k, outputs, batch)
                         runner.keep(bn_buffers[k])
-        for split, xb, yb in job.data_batches():
-            outputs = basis_outputs(xb)
+        for split, batch in job.data_batches():
+            outputs = basis_outputs(batch)
             for k in range(len(family)):
-                consume([k], split, run_point(k, outputs, xb)[None], yb)
+                output = run_point(k, outputs, batch)
+                features = {n: v[None] for n, v in job.features().items()}
+                yield PointBatch([k], split, _with_point_axis(output), batch.targets, features, batch.size)
                 job.tick(1)
     state["value"] = None

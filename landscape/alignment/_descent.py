@@ -137,7 +137,7 @@ def coordinate_descent(
     # the other groups' maps (a rejected step restores the old stamp, never reuses a new one).
     stamp = itertools.count(1)
     version = dict.fromkeys(active, 0)
-    cache: dict[tuple[int, str, str], tuple[tuple, Stats | None]] = {}
+    cache: dict[tuple[int, str, str], tuple[tuple, Stats | None, dict]] = {}
 
     def stats(i: int, g: str, maps: Mapping[str, Transform], *, per: str | None, grams: bool, without=frozenset()):
         t = terms[i]
@@ -146,8 +146,13 @@ def coordinate_descent(
         hit = cache.get(tag)
         if hit is not None and hit[0] == key:
             return hit[1]
-        found = t.stats(g, maps, ref_sizes, other_sizes, per=per, grams=grams, norms=transport, without=without)
-        cache[tag] = (key, found)
+        found = None
+        if hit is not None and hit[1] is not None and per is None and not grams and not transport and not without:
+            # A few units of a neighbour moved: update the products instead of redoing them.
+            found = t.updated(g, hit[1], hit[2], maps, other_sizes)
+        if found is None:
+            found = t.stats(g, maps, ref_sizes, other_sizes, per=per, grams=grams, norms=transport, without=without)
+        cache[tag] = (key, found, {h: maps.get(h) for h in t.groups if h != g})
         return found
 
     # The statistics a group's current map was solved from: solving again from the same ones
@@ -203,9 +208,7 @@ def coordinate_descent(
                 for h in range(summed.s.shape[0])
             ]
             return PerHead(found, per), parts
-        return solve_map(
-            spec.kind, summed.s, summed.goo, summed.grr, centered=spec.centered, rotary=spec.rotary
-        ), parts
+        return solve_map(spec.kind, summed.s, summed.goo, summed.grr, centered=spec.centered, rotary=spec.rotary), parts
 
     def solve_heads(h: str, maps: dict[str, Transform]) -> Permutation | None:
         """The heads' permutation that lets their coordinates match best."""

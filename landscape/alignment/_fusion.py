@@ -227,7 +227,9 @@ def fuse(
     if not isinstance(finetune, int) or finetune < 0:
         raise bad_argument("fuse", "finetune", expected="a non-negative number of epochs", found=repr(finetune))
     if finetune and data is None:
-        raise bad_argument("fuse", "data", expected="training data for finetune", found=None, fix="Pass data=... or finetune=0.")
+        raise bad_argument(
+            "fuse", "data", expected="training data for finetune", found=None, fix="Pass data=... or finetune=0."
+        )
     options = {
         "data": data,
         "kinds": kinds,

@@ -93,7 +93,9 @@ class _Free:
         return self.base @ skew, "orthogonal"
 
 
-def _transforms(free: Mapping[str, _Free | list[_Free]], specs: Mapping[str, GroupSpec], *, hard: bool) -> dict[str, Transform]:
+def _transforms(
+    free: Mapping[str, _Free | list[_Free]], specs: Mapping[str, GroupSpec], *, hard: bool
+) -> dict[str, Transform]:
     out: dict[str, Transform] = {}
     for g, f in free.items():
         if isinstance(f, list):
@@ -159,7 +161,9 @@ def learn_maps(
                 xb, yb = x[index].to(device), y[index].to(device)
                 t = float(alphas[0] + (alphas[1] - alphas[0]) * torch.rand((), generator=generator))
                 moved = apply_maps(graph, b_dev, _transforms(free, specs, hard=False), sizes)
-                state = {k: (1 - t) * a_dev[k] + t * moved[k] if a_dev[k].is_floating_point() else a_dev[k] for k in a_dev}
+                state = {
+                    k: (1 - t) * a_dev[k] + t * moved[k] if a_dev[k].is_floating_point() else a_dev[k] for k in a_dev
+                }
                 logits = model_output_logits(torch.func.functional_call(work, state, (xb,)))
                 loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
                 optimizer.zero_grad()

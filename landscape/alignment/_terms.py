@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from landscape.symmetry import Atom, Fixed, Layout, Prod, Sum, Transform
+from landscape.symmetry import Atom, Fixed, Layout, Permutation, Prod, Sum, Transform
 from landscape.symmetry.layout import apply_axis, node_size, occurrences, select
 from landscape.symmetry.transforms import apply_transform
 
@@ -252,6 +252,45 @@ class TensorTerm:
             part = _stats(r, o, variance, grams=grams, norms=norms, linear=self.counts[group] == 1)
             total = part if total is None else total + part
         return total
+
+    def updated(
+        self,
+        group: str,
+        previous: Stats,
+        old_maps: Mapping[str, Transform],
+        maps: Mapping[str, Transform],
+        sizes: Mapping[str, int],
+    ) -> Stats | None:
+        """The similarity after the other groups' permutations changed, from the previous one:
+        only the columns that moved enter a product, so a few swapped units cost a thin product
+        instead of the whole one. None when the update does not apply (the group held twice,
+        maps other than permutations, widths that differ, or most columns moved)."""
+        places = [(k, path) for k, path, g, _ in self.places if g == group]
+        changed = [h for h in self.groups if h != group and old_maps.get(h) is not maps.get(h)]
+        if (
+            len(places) != 1
+            or previous.goo is not None
+            or previous.ref_sq is not None
+            or previous.s.dim() != 2
+            or any(
+                not isinstance(maps.get(h), Permutation) or not isinstance(old_maps.get(h), Permutation)
+                for h in changed
+            )
+        ):
+            return None
+        ((k, path),) = places
+        before = apply_maps_to(self.other, self.layouts, self.variances, old_maps, sizes, skip=[(k, path)])
+        after = apply_maps_to(self.other, self.layouts, self.variances, maps, sizes, skip=[(k, path)])
+        o_old = select(before, k, self.layouts[k], path, sizes)
+        o_new = select(after, k, self.layouts[k], path, sizes)
+        if o_old.shape != o_new.shape:
+            return None
+        moved = (o_old != o_new).any(dim=0).nonzero().flatten()
+        if moved.numel() > o_new.shape[1] // 4:
+            return None
+        r = select(self.ref, k, self.layouts[k], path, sizes)
+        delta = r[:, moved] @ (o_new[:, moved] - o_old[:, moved]).T
+        return Stats(previous.s + delta.double().cpu(), linear=previous.linear)
 
     def _with(self, k: int, path: tuple[int, ...], groups: set[str]) -> bool:
         node = self.layouts[k]

@@ -78,6 +78,7 @@ __all__ = [
     "unit_rows",
 ]
 
+
 def apply(graph: SymmetryGraph, state, transforms, *, validate: bool = True):
     """``graph.apply(state, transforms)``: transform a state by one transform per group.
 

@@ -263,3 +263,28 @@ def test_alignment_dataset_history_and_roundtrip(trained, tmp_path) -> None:
     # the same maps align another checkpoint of the same run (here: b itself loaded from disk)
     path = ls.save_state(b, tmp_path / "b.safetensors")
     assert all(torch.equal(result.apply(str(path))[k], result.apply(b)[k]) for k in b)
+
+
+def test_incremental_similarity_equals_a_full_recompute() -> None:
+    # When a few units of a neighbouring group move, only the columns that moved enter a
+    # product; the result is the similarity computed from scratch.
+    model = ls.models.create("mlp", width=12, depth=2, input_shape=(5,), num_classes=3, seed=0)
+    a = ls.state_of(model)
+    b = ls.state_of(ls.models.create("mlp", width=12, depth=2, input_shape=(5,), num_classes=3, seed=1))
+    graph = symmetry_graph(model)
+    term = TensorTerm(
+        "w",
+        a["features.fc2.weight"],
+        b["features.fc2.weight"],
+        graph.layouts["features.fc2.weight"],
+        graph.variances["features.fc2.weight"],
+    )
+    sizes = {"features.fc1": 12, "features.fc2": 12}
+    old = {"features.fc1": Permutation(torch.arange(12))}
+    swapped = torch.arange(12)
+    swapped[[2, 7]] = swapped[[7, 2]]
+    new = {"features.fc1": Permutation(swapped)}
+    before = term.stats("features.fc2", old, sizes, sizes)
+    updated = term.updated("features.fc2", before, old, new, sizes)
+    assert updated is not None
+    assert torch.allclose(updated.s, term.stats("features.fc2", new, sizes, sizes).s, atol=1e-10)

@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from landscape.core.data import as_splits, batch_slices
+from landscape.core.data import as_splits
 from landscape.core.errors import bad_argument
 from landscape.core.tied import canonical_state, tied_groups
 from landscape.symmetry import Atom, Layout, Prod, SymmetryGraph
@@ -81,26 +81,29 @@ def capture(graph: SymmetryGraph, nodes: Sequence[str], *, function: str) -> fx.
     return module.eval()
 
 
-def _module_state(module: torch.nn.Module, state: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+def _module_state(module: torch.nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     keys = set(module.state_dict().keys())
-    return {k: v.detach().to(device) for k, v in state.items() if k in keys}
+    return {k: v.detach() for k, v in canonical_state(state, tied_groups(module)).items() if k in keys}
 
 
 def run(
     module: fx.GraphModule, state: Mapping[str, Tensor], x: Tensor, batch_size: int, *, device: torch.device
 ) -> Iterator[tuple[Tensor, ...]]:
-    """The captured values, batch by batch, on ``device``."""
-    module = module.to(device)
-    params = _module_state(module, canonical_state(state, tied_groups(module)), device)
+    """The captured values, batch by batch, on ``device``: the engine's
+    :func:`~landscape.core.run_points` runs ``module`` (which returns the nodes' values) at
+    ``state``."""
+    from landscape.core import run_points
+
+    params = _module_state(module, state)
     dtype = next((v.dtype for v in params.values() if v.is_floating_point()), torch.float32)
-    for part in batch_slices(x.shape[0], batch_size):
-        xb = x[part].to(device)
-        if xb.is_floating_point():
-            xb = xb.to(dtype)
-        # no_grad only around the call: a generator suspended inside it would leave grad off
-        with torch.no_grad():
-            values = torch.func.functional_call(module, params, (xb,), strict=False)
-        yield values
+    if x.is_floating_point():
+        x = x.to(dtype)
+    points = run_points(module, [params], x, batch_size=batch_size, device=device, function="align")
+    try:
+        for out in points:
+            yield tuple(v[0] for v in out.output)
+    finally:
+        points.close()
 
 
 def site_units(graph: SymmetryGraph, node: str, axis: int, heads: Mapping[str, str]) -> tuple[Layout, int | None]:

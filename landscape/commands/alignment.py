@@ -138,7 +138,6 @@ def run_fuse(args: argparse.Namespace) -> int:
     import landscape as ls
     from landscape.alignment import fuse
     from landscape.core.errors import LandscapeError, bad_argument
-    from landscape.core.metrics import model_output_logits
     from landscape.core.state import lerp
     from landscape.models import from_spec, spec_of
 
@@ -179,25 +178,35 @@ def run_fuse(args: argparse.Namespace) -> int:
         fused, path, model=out_model, metadata={"model_spec": spec_of(out_model), "fused_from": args.checkpoints}
     )
     if args.evaluate:
-        x, y = data.test
+        from landscape.core import run_points
 
-        def accuracy(m: torch.nn.Module, state) -> float:
-            with torch.no_grad():
-                logits = model_output_logits(torch.func.functional_call(m, dict(state), (x,)))
-            return float((logits.argmax(-1) == y).float().mean())
-
-        rows = [(f"parent {i}", accuracy(model, s)) for i, s in enumerate(states)]
+        test = {"test": data.test}
+        options = {"device": args.device, "progress": False}
         average = states[0]
         for i, s in enumerate(states[1:], start=2):
             average = lerp(average, s, 1.0 / i)
-        if target_model is None:
-            rows.append(("vanilla average", accuracy(model, average)))
-        rows.append((f"fused ({args.method}{', repair' if args.repair else ''})", accuracy(out_model, fused)))
-        with torch.no_grad():
-            probs = sum(
-                torch.softmax(model_output_logits(torch.func.functional_call(model, dict(s), (x,))), -1) for s in states
-            )
-        rows.append(("ensemble", float((probs.argmax(-1) == y).float().mean())))
+        names = [f"parent {i}" for i in range(len(states))] + (["vanilla average"] if target_model is None else [])
+        points = ls.AffineFamily.points([*states, *([average] if target_model is None else [])], names)
+        accuracy = ls.evaluate(model, points, test, **options).accuracy.sel(split="test")
+        rows = [(name, float(accuracy.sel(point=name))) for name in names]
+        fused_acc = ls.evaluate(out_model, ls.AffineFamily.points([fused], ["fused"]), test, **options).accuracy
+        fused_acc = float(fused_acc.sel(split="test").squeeze())
+        rows.append((f"fused ({args.method}{', repair' if args.repair else ''})", fused_acc))
+        # The ensemble averages the parents' probabilities (each point's batches come in data order).
+        per_point: dict[int, list[torch.Tensor]] = {}
+        targets: dict[int, list[torch.Tensor]] = {}
+        run = run_points(model, states, data.test, device=args.device, function="landscape fuse")
+        try:
+            for out in run:
+                for j, point in enumerate(out.points):
+                    per_point.setdefault(point, []).append(torch.softmax(out.logits[j].float(), -1).cpu())
+                    targets.setdefault(point, []).append(out.targets.cpu())
+        finally:
+            run.close()
+        probs = sum(torch.cat(per_point[p]) for p in per_point)
+        labels = torch.cat(targets[0])
+        correct, total = int((probs.argmax(-1) == labels).sum()), labels.numel()
+        rows.append(("ensemble", correct / total))
         for name, acc in rows:
             print(f"{name:32s} test accuracy {acc:.4f}")
     print(f"wrote {path}")

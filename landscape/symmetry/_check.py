@@ -10,6 +10,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from landscape.core import run_points
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.io import provenance_attrs
@@ -108,16 +109,26 @@ def check(
     dev = resolve_device(device, function="SymmetryGraph.check")
     state = as_state(model if state is None else state, function="SymmetryGraph.check", argument="state")
     graph._check_keys(state, "SymmetryGraph.check", "state")
-    work = _without_cache(copy.deepcopy(model)).double().eval().to(dev)
-    x = tuple(t.to(dev) if isinstance(t, Tensor) else t for t in _inputs(graph, inputs, seed))
+    work = _without_cache(copy.deepcopy(model)).double().eval()
+    x = _inputs(graph, inputs, seed)
     state = State({k: (v.double() if v.is_floating_point() else v) for k, v in state.items()})
 
     tied = tied_groups(model)
 
     def run(s: Mapping[str, Tensor]) -> list[Tensor]:
-        moved = {k: v.to(dev) for k, v in canonical_state(s, tied).items()}
-        with torch.no_grad():
-            return [t.detach().double() for t in flat_outputs(torch.func.functional_call(work, moved, x))]
+        point = canonical_state(s, tied)
+        if len(x) != 1:  # several positional inputs: a plain call (the engine reads one input)
+            moved = {k: v.to(dev) for k, v in point.items()}
+            with torch.no_grad():
+                out = torch.func.functional_call(work.to(dev), moved, tuple(t.to(dev) for t in x))
+            return [t.detach().double().cpu() for t in flat_outputs(out)]
+        # The engine's one way to run a model at a point: one batch of the check's inputs.
+        points = run_points(work, [point], x[0], device=dev, function="SymmetryGraph.check")
+        try:
+            outputs = [t[0].detach().double().cpu() for out in points for t in flat_outputs(out.output)]
+        finally:
+            points.close()
+        return outputs
 
     base = run(state)
     variation, size = output_scale(base)

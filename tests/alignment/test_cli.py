@@ -43,6 +43,13 @@ def test_cli_align_and_fuse(tmp_path, capsys) -> None:
     assert main(["fuse", a, b, c, "--evaluate", "--out", str(fused), *SIZES]) == 0
     printed = capsys.readouterr().out
     assert "ensemble" in printed and "vanilla average" in printed
+    # the ensemble's accuracy, by hand: average the parents' probabilities on the test split
+    reported = {line[:32].strip(): float(line.split()[-1]) for line in printed.splitlines() if "test accuracy" in line}
+    data = ls.datasets.mnist1d(n_train=200, n_test=100)
+    x, y = data.test
+    probs = sum(torch.softmax(torch.func.functional_call(model, dict(ls.load_state(p)), (x,)), -1) for p in (a, b, c))
+    assert abs(reported["ensemble"] - float((probs.argmax(-1) == y).float().mean())) < 1e-9
+    assert all(0 <= v <= 1 for v in reported.values())
     narrow = tmp_path / "narrow.safetensors"
     assert main(["fuse", a, b, "--target-width", "4", "--repair", "--out", str(narrow), *SIZES]) == 0
     assert ls.load_state(narrow)["features.fc1.weight"].shape == (4, 40)

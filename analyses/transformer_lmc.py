@@ -246,9 +246,11 @@ def main() -> None:
     pairs = 1 if quick else args.pairs
     alphas = 3 if quick else args.alphas
     out = Path(args.out)
+    # The tasks are left out of the settings: each step holds one task, so a run of one task
+    # and a later run of both share their steps.
     run = ResumableRun(
         out,
-        {"tasks": tasks, "pairs": pairs, "alphas": alphas, "fuse_epochs": args.fuse_epochs, "settings": settings},
+        {"pairs": pairs, "alphas": alphas, "fuse_epochs": args.fuse_epochs, "settings": settings},
         function="transformer_lmc",
     )
     models = out / "models"

@@ -105,6 +105,27 @@ class RotaryBlock(nn.Module):
         return self.head(h + self.o(att.transpose(1, 2).reshape(n, t, d)))
 
 
+class UnbindBlock(nn.Module):
+    """timm's attention: one packed projection, reshaped to (3, heads, dim) and unbound."""
+
+    def __init__(self, dim: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(3, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        b, n, c = h.shape
+        qkv = self.qkv(self.norm(h)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        att = F.scaled_dot_product_attention(q, k, v)
+        return self.head(h + self.proj(att.transpose(1, 2).reshape(b, n, c)))
+
+
 def kinds(graph) -> dict[str, str]:
     return {g.name: g.kind for g in graph.groups.values()}
 
@@ -122,6 +143,18 @@ def test_sdpa_gives_heads_per_head_maps_and_an_orthogonal_stream(device) -> None
     assert [f.weight for f in graph.folds] == ["norm.weight", "final.weight"]
     result = graph.check(model, kind="max", trials=2, device=device)
     assert result.attrs["passed"] and float(result.deviation.max()) < 1e-9
+
+
+def test_packed_projection_unbound_gives_queries_keys_and_values_groups_of_their_own() -> None:
+    # The (3, heads, dim) axis is only ever indexed: its three slots are separate tensors, so the
+    # packed rows are the concatenation of queries, keys and values (not one map three times).
+    torch.manual_seed(0)
+    model = UnbindBlock()
+    graph = symmetry_graph(model, torch.randn(2, 4, 3))
+    assert kinds(graph) == {"embed": "orthogonal", "heads": "permutation", "qk": "invertible", "vo": "invertible"}
+    rows = graph.layouts["qkv.weight"][0]
+    assert isinstance(rows, ls.symmetry.Sum) and len(rows.children) == 3
+    graph.check(model, kind="max", trials=2)
 
 
 def test_transforms_the_graph_forbids_change_the_function() -> None:

@@ -123,8 +123,8 @@ def coordinate_descent(
     for g in active:
         specs.setdefault(g, GroupSpec())
     transport = solver in ("emd", "sinkhorn")
-    if transport:  # plans between units; the heads' coordinates move alike in every head
-        specs = {g: GroupSpec() for g in specs}
+    if transport:  # plans between units (each head's coordinates with a plan of its own)
+        specs = {g: GroupSpec(per=sp.per, heads=sp.heads) for g, sp in specs.items()}
     children: dict[str, list[str]] = {g: [c for c in active if specs[c].per == g] for g in active}
     heads_of = {c: specs[c].per for c in active if specs[c].per in children and specs[c].per in active}
     equal = all(ref_sizes[g] == other_sizes[g] for g in active)
@@ -194,6 +194,9 @@ def coordinate_descent(
         solved_from[g] = signature if only is None else None
         summed = _sum(list(parts.values()))
         if transport:
+            if per is not None:
+                plans = [_transport(_head(summed, h), solver, reg, marginals) for h in range(summed.s.shape[0])]
+                return PerHead(plans, per), parts
             return _transport(summed, solver, reg, marginals), parts
         if per is not None:
             found = [
@@ -380,15 +383,16 @@ def coordinate_descent(
         changed = 0
         for g in [order[i] for i in rng.permutation(len(order))]:
             if transport:
-                got = solve(g, maps)
-                if got is None or _same(maps.get(g), got[0]):
-                    result.steps.append((r, g, total()[0], False))
-                    continue
-                maps[g] = got[0]
-                version[g] = next(stamp)
-                recompute(by_group[g], maps)
-                changed += 1
-                result.steps.append((r, g, total()[0], True))
+                for m in [g, *children.get(g, [])]:  # heads first, then each head's coordinates
+                    got = (solve_heads(m, maps), None) if m == g and children.get(g) and equal else solve(m, maps)
+                    if got is None or got[0] is None or _same(maps.get(m), got[0]):
+                        result.steps.append((r, m, total()[0], False))
+                        continue
+                    maps[m] = got[0]
+                    version[m] = next(stamp)
+                    recompute(by_group[m], maps)
+                    changed += 1
+                    result.steps.append((r, m, total()[0], True))
                 continue
             kept = step(g, maps, r)
             changed += kept
@@ -419,6 +423,11 @@ def _sum(parts: list[Stats]) -> Stats:
     for p in parts[1:]:
         total = total + p
     return total
+
+
+def _head(s: Stats, h: int) -> Stats:
+    """One head's statistics."""
+    return Stats(*(None if t is None else t[h] for t in (s.s, s.goo, s.grr, s.ref_sq, s.other_sq, s.ref_imp, s.other_imp)))
 
 
 def _transport(s: Stats, solver: str, reg: float | None, marginals: str) -> Transform:

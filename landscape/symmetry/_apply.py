@@ -31,14 +31,16 @@ def apply_maps(
     """Apply ``maps`` (already validated) to ``state``; entries outside ``keys`` are copied.
 
     When a map other than a permutation acts on a stream that a foldable norm normalises,
-    the state is folded first (:meth:`SymmetryGraph.fold`) and the folded gains and biases
-    (one and zero) stay as they are: the map acts on the gain-free norm.
+    the state is folded first (:meth:`SymmetryGraph.fold`) and the folded gains (one) stay
+    as they are: the map acts on the gain-free norm. Maps that change widths (fusion into
+    fewer units) act on every entry, gains included.
     """
     if sizes is None:
         sizes = graph.sizes_of(state, function="apply")
     exact = all(is_permutation(t) for t in maps.values())
     skip: set[str] = set()
-    if graph.folds and any(not is_permutation(t) for g, t in maps.items() if g in graph.folded_groups):
+    square = all(t.source_size == t.target_size for t in maps.values())
+    if square and graph.folds and any(not is_permutation(t) for g, t in maps.items() if g in graph.folded_groups):
         from landscape.symmetry._fold import fold_state
 
         state = fold_state(graph, state)

@@ -162,3 +162,22 @@ def test_fuse_then_finetune(pair, mnist1d_small) -> None:
     assert all(torch.allclose(tuned[k], expected[k], atol=1e-6) for k in tuned)
     with pytest.raises(LandscapeError, match="finetune"):
         fuse(model, [a, b], finetune=1, progress=False)
+
+
+def test_transformer_fusion_heads_aware_and_into_narrower_mlps() -> None:
+    # Two copies of a ViT that differ by a permutation of its heads, stream and MLP units (and of
+    # the coordinates inside the heads) fuse back into the original, by transport and by matching.
+    model = ls.models.create("vit", dim=8, depth=1, heads=2, seed=0)
+    a = ls.state_of(model)
+    graph = symmetry_graph(model)
+    moved = graph.apply(a, graph.random_transforms(seed=2))
+    for method in ("ot", "weights"):
+        fused = fuse(model, [a, moved], method=method, graph=graph, progress=False)
+        assert all(torch.allclose(fused[k], a[k], atol=1e-5) for k in a), method
+    # into half the MLP width: the fused state runs in the narrower architecture
+    narrow = ls.models.create("vit", dim=8, depth=1, heads=2, mlp_ratio=1, seed=0)
+    other = ls.state_of(ls.models.create("vit", dim=8, depth=1, heads=2, seed=1))
+    fused = fuse(model, [a, other], method="ot", target_model=narrow, graph=graph, progress=False)
+    assert fused["features.blocks.0.fc1.weight"].shape == (8, 8)
+    out = torch.func.functional_call(narrow, dict(fused), (torch.randn(3, 1, 8, 8),))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()

@@ -427,7 +427,9 @@ def _sum(parts: list[Stats]) -> Stats:
 
 def _head(s: Stats, h: int) -> Stats:
     """One head's statistics."""
-    return Stats(*(None if t is None else t[h] for t in (s.s, s.goo, s.grr, s.ref_sq, s.other_sq, s.ref_imp, s.other_imp)))
+    return Stats(
+        *(None if t is None else t[h] for t in (s.s, s.goo, s.grr, s.ref_sq, s.other_sq, s.ref_imp, s.other_imp))
+    )
 
 
 def _transport(s: Stats, solver: str, reg: float | None, marginals: str) -> Transform:

@@ -1,19 +1,25 @@
 """Concept detection per layer in SmolLM2-135M-Instruct, for each probe kind and concept.
 
 For each concept (sentiment, humor) and each read of the completion (last token, mean of
-the first 16 tokens), the residual stream of every layer is probed with a difference of
-means, a logistic regression and PCA; validation accuracy is measured on prompts held out
+the first 16 tokens), every layer is probed at ``--site`` (default ``pre_attn``, the
+library's and the paper's default: what attention reads) with a difference of means, a
+logistic regression and PCA; validation accuracy is measured on prompts held out
 of training. Writes ``accuracy.nc`` (dims concept, read, kind, layer), ``summary.md``,
 ``summary.json`` and the fitted probes (``probes/{concept}-{read}-{kind}.safetensors``,
 used by ``concepts_guidance.py``) under the output folder. Public API only.
 
-    python analyses/concepts_detection.py results/concepts --threads 2
+    python analyses/concepts_detection.py results/concepts --threads 1 --cache ~/.cache/landscape-lm
+
+``--cache DIR`` keeps the dequantised model (``DIR/model``) and the hidden states
+(``DIR/hidden``), so that a re-run skips both the GGUF dequantisation and the extraction.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -26,10 +32,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="examples per concept")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--late", type=int, default=20, help="first layer counted as late in the summary")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", default=None, help="folder keeping the dequantised GGUF")
+    parser.add_argument("--site", default="pre_attn", help="where to read (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", default=None, help="folder keeping the dequantised GGUF and the hidden states")
     parser.add_argument("--model", default=None, help="model (default: SmolLM2-135M-Instruct)")
     args = parser.parse_args()
+    # LANDSCAPE_TINY=1 (as the command line honours it): a tiny random model, so that the
+    # README's command runs as written in seconds; the numbers then mean nothing.
+    if os.environ.get("LANDSCAPE_TINY") == "1":
+        from landscape.cli import apply_tiny
+
+        args.tiny = {"model": "tiny", "n": 24, "late": 1}
+        apply_tiny(args)
 
     import numpy as np
     import xarray as xr
@@ -40,7 +54,8 @@ def main() -> None:
     ls.set_num_threads(args.threads)
     out = Path(args.out)
     (out / "probes").mkdir(parents=True, exist_ok=True)
-    lm, tok = cg.load_lm(args.model, cache=args.cache)
+    cache = Path(args.cache).expanduser() if args.cache else None
+    lm, tok = cg.load_lm(args.model, cache=cache / "model" if cache else None)
     results = []
     summary = []
     for concept in args.concepts:
@@ -48,7 +63,10 @@ def main() -> None:
         per_read = []
         for read in args.reads:
             start = time.perf_counter()
-            reps = cg.hidden_states(lm, tok, examples, read=read, n_tokens=16, batch_size=16, progress=False)
+            reps = cg.hidden_states(
+                lm, tok, examples, site=args.site, read=read, n_tokens=16, batch_size=16,
+                cache=cache / "hidden" if cache else None, progress=False,
+            )  # fmt: skip
             seconds = time.perf_counter() - start
             per_kind = []
             for kind in cg.KINDS:
@@ -82,13 +100,15 @@ def main() -> None:
         model=cg.DEFAULT_MODEL if args.model is None else args.model,
         n=args.n,
         seed=args.seed,
-        site="residual",
+        site=args.site,
         n_tokens=16,
     )
     ls.save_result(accuracy, out / "accuracy.nc")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines = [
-        f"Validation accuracy (held-out prompts), residual stream, {args.n} examples per concept.",
+        f"`python {' '.join(sys.argv)}`",
+        "",
+        f"Validation accuracy (held-out prompts), site {args.site}, {args.n} examples per concept.",
         "",
         f"| concept | read | probe | best layer | best acc | mean acc, layers >= {args.late} (min-max) | mean acc, all layers |",
         "|---|---|---|---|---|---|---|",

@@ -10,13 +10,18 @@ unguided model), and fluency is the guided model's perplexity on 32 neutral refe
 Writes ``curves-{concept}.nc`` (dims kind, alpha, prompt), ``pnes.json``, ``summary.md`` and
 ``curves.png``; each (concept, kind) run resumes from ``runs/``. Public API only.
 
-    python analyses/concepts_guidance.py results/concepts --probes results/concepts/probes --threads 2
+    python analyses/concepts_guidance.py results/concepts/guidance --probes results/concepts/probes --top-k 8 --threads 1
+
+PNES depends on the alpha grid and the number of prompts: ``summary.md`` starts with the
+command line, and the README table states the grid it was computed on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -36,10 +41,17 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=None, help="guided layers (default: half of them)")
     parser.add_argument("--batch-size", type=int, default=20, help="prompts generated together (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", default=None, help="folder keeping the dequantised GGUF")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", default=None, help="folder keeping the dequantised GGUF (DIR/model)")
     parser.add_argument("--model", default=None, help="model (default: SmolLM2-135M-Instruct)")
     args = parser.parse_args()
+    # LANDSCAPE_TINY=1 (as the command line honours it): a tiny random model, so that the
+    # README's command runs as written in seconds; the numbers then mean nothing.
+    if os.environ.get("LANDSCAPE_TINY") == "1":
+        from landscape.cli import apply_tiny
+
+        args.tiny = {"model": "tiny", "n_prompts": 2, "n_reference": 2, "max_new_tokens": 3, "top_k": 1}
+        apply_tiny(args)
 
     import xarray as xr
 
@@ -50,7 +62,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     probes = Path(args.probes)
-    lm, tok = cg.load_lm(args.model, cache=args.cache)
+    lm, tok = cg.load_lm(args.model, cache=Path(args.cache).expanduser() / "model" if args.cache else None)
     reference = cg.neutral_texts(args.n_reference)
     curves, fits, rows = [], {}, []
     for concept in args.concepts:
@@ -76,7 +88,7 @@ def main() -> None:
                 max_new_tokens=args.max_new_tokens,
                 top_k=args.top_k,
                 batch_size=args.batch_size,
-                folder=out / "runs" / f"{concept}-{kind}",
+                out=out / "runs" / f"{concept}-{kind}",
                 progress=False,
             )
             with warnings.catch_warnings(record=True) as caught:
@@ -114,7 +126,17 @@ def main() -> None:
         ls.save_result(combined, out / f"curves-{concept}.nc")
         curves.append(combined)
     (out / "pnes.json").write_text(json.dumps({"fits": fits, "points": rows}, indent=2))
-    lines = ["| concept | probe | alpha | effect (± sem) | perplexity |", "|---|---|---|---|---|"]
+    command = f"python {' '.join(sys.argv)}"
+    grid = ", ".join(f"{a:g}" for a in sorted(args.alphas))
+    lines = [
+        f"`{command}`",
+        "",
+        f"alphas {grid}; {len(prompts)} prompts, {args.max_new_tokens} new tokens, greedy; "
+        f"{args.n_reference} reference texts; guided layers: top {args.top_k or 'half'} by validation accuracy",
+        "",
+        "| concept | probe | alpha | effect (± sem) | perplexity |",
+        "|---|---|---|---|---|",
+    ]
     lines += [
         f"| {r['concept']} | {r['kind']} | {r['alpha']:+g} | {r['effect']:.3f} ± {r['effect_sem']:.3f} | {r['perplexity']:.1f} |"
         for r in rows
@@ -125,6 +147,20 @@ def main() -> None:
         f"{f['layers']} | {'; '.join(f['warnings']) or '-'} |"
         for key, f in fits.items()
     ]
+    # The README's table: effect (perplexity) at alpha 0 and the positive alphas, and PNES (r^2).
+    shown = [a for a in sorted(args.alphas) if a >= 0]
+    table = [
+        "| concept, probe | " + " | ".join(f"alpha {a:+g}" if a else "alpha 0" for a in shown) + " | PNES (r^2) |",
+        "|" + " --- |" * (len(shown) + 2),
+    ]
+    for key, f in fits.items():
+        concept, kind = key.split("/")
+        cells = []
+        for a in shown:
+            r = next(r for r in rows if r["concept"] == concept and r["kind"] == kind and r["alpha"] == a)
+            cells.append(f"{r['effect']:.2f} ({r['perplexity']:.3g})")
+        table.append(f"| {concept}, {kind} | " + " | ".join(cells) + f" | {f['pnes']:.2f} ({f['r_squared']:.2f}) |")
+    lines += ["", *table]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -9,7 +9,7 @@ random initialisation the student was distilled from), the student, and supervis
 at ``--steps`` of a run from the teacher; ``landscape.distillation.linear_basins`` trains two
 children of each (data-order seeds 0 and 1) and measures the error barrier between them.
 
-    python analyses/linear_basins.py --students results/rt-probes --out results/basins --seeds 0 1 2
+    python analyses/linear_basins.py --students results/rt-probes --out results/basins --seeds 0 1 2 --threads 1
 
 Writes one folder per seed (resumable per start), ``basins.nc`` (over seed, start, alpha, split),
 ``summary.md`` and ``basins.png``.
@@ -18,6 +18,7 @@ Writes one folder per seed (resumable per start), ``basins.nc`` (over seed, star
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import xarray as xr
 
 import landscape as ls
 from landscape.distillation import basin_starts, linear_basins
+from landscape.training import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     data = ls.datasets.mnist1d(n_train=args.n_train, n_test=args.n_test)
     students = Path(args.students)
     out = Path(args.out)
-    train = {"epochs": args.epochs, "optimizer": "sgd", "lr": args.lr, "momentum": 0.9, "batch_size": 128}
+    train = TrainConfig(epochs=args.epochs, optimizer="sgd", lr=args.lr, momentum=0.9, batch_size=128)
     per_seed = []
     for seed in args.seeds:
         teacher = ls.load_state(students / f"teacher-{seed}.safetensors")
@@ -69,12 +71,20 @@ def main(argv: list[str] | None = None) -> int:
         per_seed.append(result.expand_dims(seed=[seed]))
     combined = xr.concat(per_seed, dim="seed")
     combined.attrs = ls.core.io.provenance_attrs(
-        analysis="linear_basins", train=train, steps=args.steps, seeds=args.seeds, threshold=threshold, bn=args.bn
+        analysis="linear_basins",
+        train=train.as_dict(),
+        steps=args.steps,
+        seeds=args.seeds,
+        threshold=threshold,
+        bn=args.bn,
     )
     ls.save_result(combined, out / "basins.nc")
+    run = "python " + " ".join(shlex.quote(a) for a in ["analyses/linear_basins.py", *sys.argv[1:]])
     lines = [
         f"### Linear basins on mnist1d (children: {args.epochs} epochs SGD, data-order seeds 0 and 1; "
         f"BatchNorm statistics: {args.bn}; seeds {args.seeds})",
+        "",
+        f"`{run}`",
         "",
         "Error barrier between the two children on the test split, in points (max over alpha minus the mean of the ends);",
         "mean ± std over seeds, per-seed values in brackets; children's mean test accuracy in %.",

@@ -13,7 +13,10 @@ controls:
 Students and teachers come from ``random_teacher_probes.py`` (``--students``). Every round of every
 run is written as it finishes; a re-run resumes.
 
-    python analyses/lottery_imp.py --students results/rt-probes --out results/imp --seeds 0 1 2 --rounds 8
+    python analyses/lottery_imp.py --students results/rt-probes --out results/imp --seeds 0 1 2 --rounds 8 --threads 1
+
+The output layer is kept and the first layer pruned, as open_lth does for VGG-style networks
+(``--prune-output`` prunes it too).
 
 Writes one folder per (start, seed), ``imp.nc`` (over start, seed, round, branch), ``summary.md``
 and ``imp.png``.
@@ -22,6 +25,7 @@ and ``imp.png``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,6 +34,7 @@ import xarray as xr
 
 import landscape as ls
 from landscape.pruning import imp
+from landscape.training import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=20, help="epochs of every training run")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--controls", nargs="*", default=["reinit", "random_mask"])
+    parser.add_argument(
+        "--prune-output", action="store_true", help="prune the output layer too (default: as open_lth, kept)"
+    )
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None)
@@ -50,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     data = ls.datasets.mnist1d(n_train=args.n_train, n_test=args.n_test)
     students = Path(args.students)
     out = Path(args.out)
-    train = {"epochs": args.epochs, "optimizer": "sgd", "lr": args.lr, "momentum": 0.9, "batch_size": 128}
+    train = TrainConfig(epochs=args.epochs, optimizer="sgd", lr=args.lr, momentum=0.9, batch_size=128)
     per_start: dict[str, list[xr.Dataset]] = {}
     for seed in args.seeds:
         teacher = ls.load_state(students / f"teacher-{seed}.safetensors")
@@ -69,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 rounds=args.rounds,
                 rewind_step=rewind_step,
                 start=start,
-                train=train | {"data_seed": seed},
+                train=train.replace(data_seed=seed),
+                prune_output=True if args.prune_output else None,
                 controls=tuple(args.controls),
                 seed=seed,
                 out=out / f"{label}-seed{seed}",
@@ -79,16 +88,25 @@ def main(argv: list[str] | None = None) -> int:
             per_start.setdefault(label, []).append(result.expand_dims(seed=[seed]))
     combined = xr.concat([xr.concat(v, dim="seed").expand_dims(start=[k]) for k, v in per_start.items()], dim="start")
     combined.attrs = ls.core.io.provenance_attrs(
-        analysis="lottery_imp", train=train, rounds=args.rounds, rewind_step=args.rewind_step, seeds=args.seeds
+        analysis="lottery_imp",
+        train=train.as_dict(),
+        rounds=args.rounds,
+        rewind_step=args.rewind_step,
+        seeds=args.seeds,
+        prune_output=bool(args.prune_output),
     )
     ls.save_result(combined, out / "imp.nc")
 
     density = combined.density
     density = 100 * density.isel({d: 0 for d in density.dims if d != "round"}).values
+    run = "python " + " ".join(shlex.quote(a) for a in ["analyses/lottery_imp.py", *sys.argv[1:]])
+    kept = "pruned" if args.prune_output else "kept (open_lth's default for VGG-style nets)"
     lines = [
         f"### IMP on mnist1d ({args.epochs} epochs SGD per run, prune 20%/round, seeds {args.seeds})",
         "",
-        "Test accuracy in %, mean ± std over seeds, by weights remaining.",
+        f"`{run}`",
+        "",
+        f"Test accuracy in %, mean ± std over seeds, by prunable weights remaining; output layer {kept}.",
         "",
         "| start | branch | " + " | ".join(f"{d:.1f}%" for d in density) + " |",
         "|---|---|" + "---|" * len(density),

@@ -3,11 +3,12 @@
 Observation (4) of Sarnthein et al. (2023): feature learning is strongly amplified when the
 student is initialised close to the teacher. The student starts at the variance-preserving
 interpolation ``((1 - a) teacher + a fresh) / sqrt(a^2 + (1 - a)^2)`` for every ``a`` in
-``--alphas``; probes run at the end of distillation only. Every finished (alpha, seed) is written
-to the output folder and a re-run resumes.
+``--alphas`` (0 is an exact copy of the teacher, the default of the other scripts); probes run
+at the end of distillation only. Every finished (alpha, seed) is written to the output folder
+and a re-run resumes.
 
-    python analyses/random_teacher_locality.py --out results/rt-locality --seeds 0 --epochs 60 \
-        --alphas 1e-10 1e-4 1e-2 0.1 0.3 0.6 1
+    python analyses/random_teacher_locality.py --out results/rt-locality --seeds 0 1 2 --epochs 60 \\
+        --alphas 0 0.01 0.1 0.3 0.6 1 --threads 1
 
 Writes ``alpha-A-seed-N.nc``, ``locality.nc`` (accuracy over alpha_init, seed, net, probe,
 scaling), ``summary.md`` and ``locality.png``.
@@ -22,17 +23,57 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from random_teacher_probes import add_common_options, distill_seed, settings_of
+from random_teacher_probes import NETS, add_common_options, command, distill_seed, fmt, settings_of
 
 import landscape as ls
 from landscape.core.io import ResumableRun
 
 
+def tables(result: xr.Dataset, args: argparse.Namespace, run: str) -> str:
+    """Accuracy by alpha (mean ± std over seeds), and each alpha's change against the first."""
+    columns = [(p, s) for s in result.scaling.values for p in result.probe.values]
+    head = "| | " + " | ".join(f"{p}, {s}" for p, s in columns) + " |"
+    rule = "|---|" + "---|" * len(columns)
+    acc = 100 * result.accuracy
+    first = float(result.alpha_init.values[0])
+    lines = [
+        f"### Locality sweep ({args.model}, mnist1d, {args.epochs} epochs, seeds {args.seeds})",
+        "",
+        f"`{run}`",
+        "",
+        "Test accuracy in % after distillation, mean ± std over seeds (per-seed values in brackets);",
+        "the teachers do not depend on alpha.",
+        "",
+        head,
+        rule,
+    ]
+    for net in ("teacher", "teacher_calibrated"):
+        if net in result.net.values:
+            cells = [fmt(acc.sel(net=net, probe=p, scaling=s).isel(alpha_init=0).values) for p, s in columns]
+            lines.append(f"| {NETS[net]} | " + " | ".join(cells) + " |")
+    for alpha in result.alpha_init.values:
+        cells = [fmt(acc.sel(net="student", alpha_init=alpha, probe=p, scaling=s).values) for p, s in columns]
+        lines.append(f"| student, alpha {float(alpha):g} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Change of the student's accuracy against alpha {first:g}, seed by seed, in percentage points:",
+        "",
+        head,
+        rule,
+    ]
+    base = acc.sel(net="student").isel(alpha_init=0)
+    for alpha in result.alpha_init.values[1:]:
+        change = acc.sel(net="student", alpha_init=alpha) - base
+        cells = [fmt(change.sel(probe=p, scaling=s).values) for p, s in columns]
+        lines.append(f"| alpha {float(alpha):g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_options(parser)
-    parser.add_argument("--alphas", type=float, nargs="+", default=[1e-10, 1e-4, 1e-2, 0.1, 0.3, 0.6, 1.0])
-    parser.set_defaults(seeds=[0], probe_every=0)
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.01, 0.1, 0.3, 0.6, 1.0])
+    parser.set_defaults(probe_every=0)
     args = parser.parse_args(argv)
     ls.set_num_threads(args.threads)
     folder = Path(args.out)
@@ -60,30 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     result["accuracy_at_start"].attrs["description"] = "probe accuracy before distillation (epoch 0)"
     result.attrs = ls.core.io.provenance_attrs(analysis="random_teacher_locality", **settings_of(args))
     ls.save_result(result, folder / "locality.nc")
-
-    lines = [
-        f"### Locality sweep ({args.model}, mnist1d, {args.epochs} epochs, seeds {args.seeds})",
-        "",
-        "Test accuracy in %, mean over seeds, after distillation (in brackets: the student before distillation);",
-        "the teacher does not depend on alpha.",
-        "",
-        "| alpha_init | " + " | ".join(f"{p} {s}" for p in result.probe.values for s in result.scaling.values) + " |",
-        "|---|" + "---|" * (result.sizes["probe"] * result.sizes["scaling"]),
-    ]
-    teacher = 100 * result.accuracy.sel(net="teacher").isel(alpha_init=0).mean("seed")
-    lines.append("| teacher | " + " | ".join(f"{v:.1f}" for v in np.ravel(teacher.values)) + " |")
-    if "teacher_calibrated" in result.net.values:
-        calibrated = 100 * result.accuracy.sel(net="teacher_calibrated").isel(alpha_init=0).mean("seed")
-        lines.append("| teacher, BN calibrated | " + " | ".join(f"{v:.1f}" for v in np.ravel(calibrated.values)) + " |")
-    for alpha in result.alpha_init.values:
-        student = 100 * result.accuracy.sel(net="student", alpha_init=alpha).mean("seed")
-        start = 100 * result.accuracy_at_start.sel(net="student", alpha_init=alpha).mean("seed")
-        lines.append(
-            f"| student, {alpha:g} | "
-            + " | ".join(f"{v:.1f} (start {w:.1f})" for v, w in zip(np.ravel(student.values), np.ravel(start.values)))
-            + " |"
-        )
-    table = "\n".join(lines)
+    table = tables(result, args, command())
     (folder / "summary.md").write_text(table + "\n")
     print(table)
     import matplotlib
@@ -94,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     from landscape import plot
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    plot.locality(result, probe="linear", scaling="raw", ax=axes[0])
-    plot.locality(result, probe="knn", scaling="raw", ax=axes[1])
+    for ax, probe in zip(axes, ("linear", "knn")):
+        plot.locality(result, probe=probe, scaling=args.scalings[0], ax=ax)
+        positive = result.alpha_init.values[result.alpha_init.values > 0]
+        ax.set_xscale("symlog", linthresh=float(np.min(positive)) if positive.size else 1e-2)  # alpha 0 shows
     fig.tight_layout()
     fig.savefig(folder / "locality.png", dpi=120)
     return 0

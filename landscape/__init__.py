@@ -26,6 +26,7 @@ _EXPORTS = {
     "Splits": "landscape.core.data",
     "set_num_threads": "landscape.core.device",
     "train": "landscape.training",
+    "TrainConfig": "landscape.training",
 }
 _SUBMODULES = (
     "core",
@@ -39,6 +40,7 @@ _SUBMODULES = (
     "distillation",
     "probes",
     "concepts",
+    "curvature",
     "cli",
 )
 
@@ -46,11 +48,13 @@ __all__ = [
     "AffineFamily",
     "Splits",
     "State",
+    "TrainConfig",
     "alignment",
     "cli",
     "concepts",
     "connectivity",
     "core",
+    "curvature",
     "datasets",
     "distillation",
     "evaluate",
@@ -78,7 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from landscape.core.family import AffineFamily
     from landscape.core.io import load_result, save_result
     from landscape.core.state import State, lerp, random_direction, state_of
-    from landscape.training import train
+    from landscape.training import TrainConfig, train
 
 
 def __getattr__(name: str) -> Any:

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "landscape.commands.connectivity",
     "landscape.commands.alignment",
     "landscape.commands.lottery",
+    "landscape.commands.curvature",
     "landscape.commands.concepts",
 )
 

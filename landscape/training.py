@@ -8,6 +8,7 @@ keeps pruned weights exactly zero through every optimiser step (lottery tickets)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +30,170 @@ from landscape.core.state import State, as_state, check_compatible, state_of
 from landscape.core.tied import canonical_state, expand_tied, tied_groups
 from landscape.core.validate import check_class_labels, check_data_device
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainResult", "init_state", "lr_at", "train"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "TrainConfig",
+    "TrainResult",
+    "init_state",
+    "lr_at",
+    "optimizer_for",
+    "train",
+]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear")
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _non_negative_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# field -> (check, what it must be)
+_FIELD_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "epochs": (_positive_int, "a positive integer"),
+    "steps": (lambda v: v is None or _positive_int(v), "None or a positive number of optimiser steps"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+    "lr": (lambda v: _number(v) and v > 0, "a positive, finite learning rate"),
+    "momentum": (lambda v: _number(v) and 0 <= v < 1, "a momentum in [0, 1)"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a non-negative, finite weight decay"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
+    "warmup": (_non_negative_int, "a non-negative number of warm-up steps"),
+    "batch_size": (_positive_int, "a positive integer"),
+    "data_seed": (lambda v: v is None or _non_negative_int(v), "None or a non-negative integer seed"),
+    "eval_every": (lambda v: v is None or _positive_int(v), "None or a positive number of steps"),
+}
+
+
+def _check_fields(values: Mapping[str, object], *, function: str, prefix: str = "") -> None:
+    for name, value in values.items():
+        check, expected = _FIELD_CHECKS[name]
+        if not check(value):
+            raise bad_argument(function, prefix + name, expected=expected, found=repr(value))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The recipe of a training run, shared by :func:`train` and every analysis that trains.
+
+    ``imp``, ``linear_basins``/``basin_starts``, ``instability``/``instability_sweep`` and
+    ``distill_random_teacher`` take one as ``train=``; ``train(..., config=)`` takes one too.
+    What is not recipe (the start, masks, checkpoints, device) stays an argument of the call.
+    Fields are validated on construction; :meth:`replace` makes a changed copy.
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training split (default 10).
+    steps : int or None
+        Optimiser steps; overrides ``epochs`` when set.
+    optimizer : str
+        ``"sgd"`` (with ``momentum``), ``"adam"`` or ``"adamw"``.
+    lr : float
+        Peak learning rate (default 0.05).
+    momentum : float
+        SGD momentum in [0, 1) (default 0.9); unused by Adam and AdamW.
+    weight_decay : float
+        L2 penalty (SGD, Adam) or decoupled weight decay (AdamW); default 0.
+    schedule : str
+        ``"constant"``, ``"cosine"`` or ``"linear"`` decay to 0 after the warm-up.
+    warmup : int
+        Linear warm-up steps from 0 (default 0).
+    batch_size : int
+        Examples per step (default 128); the last batch of an epoch may be smaller.
+    data_seed : int or None
+        Seed of the data order (and of dropout). None: the caller's default (0 for
+        :func:`train`; the analysis's seed for ``imp``; each child's own seed for
+        ``instability``, which therefore refuses one).
+    eval_every : int or None
+        Evaluate on the ``test`` split every this many steps (None: every epoch).
+
+    Examples
+    --------
+    >>> config = TrainConfig(epochs=20, lr=0.1)
+    >>> config.replace(optimizer="adamw", lr=1e-3).optimizer
+    'adamw'
+    >>> TrainConfig(batch_size=0)
+    Traceback (most recent call last):
+    ...
+    landscape.core.errors.LandscapeError: TrainConfig(batch_size=...): expected a positive integer; found 0.
+    """
+
+    epochs: int = 10
+    steps: int | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup: int = 0
+    batch_size: int = 128
+    data_seed: int | None = None
+    eval_every: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_fields(self.as_dict(), function="TrainConfig")
+
+    def replace(self, **changes: object) -> TrainConfig:
+        """A copy with ``changes`` applied (validated like a new config)."""
+        unknown = sorted(set(changes) - set(_FIELD_CHECKS))
+        if unknown:
+            raise bad_argument(
+                "TrainConfig.replace",
+                unknown[0],
+                expected=f"a field of TrainConfig: {sorted(_FIELD_CHECKS)}",
+                found=repr(unknown[0]),
+            )
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, object]:
+        """The fields as a plain dict (for settings fingerprints and provenance)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def total_steps(self, n_examples: int) -> int:
+        """Optimiser steps of a run on ``n_examples`` training examples: ``steps`` when set,
+        else ``epochs`` times the batches per epoch."""
+        return int(self.steps) if self.steps is not None else self.epochs * -(-int(n_examples) // self.batch_size)
+
+    @classmethod
+    def coerce(
+        cls,
+        value: TrainConfig | Mapping[str, object] | None,
+        *,
+        function: str,
+        argument: str = "train",
+        default: TrainConfig | None = None,
+    ) -> TrainConfig:
+        """A TrainConfig from a TrainConfig, a mapping of its fields, or None (``default``,
+        else ``TrainConfig()``); errors name ``function`` and ``argument``."""
+        if value is None:
+            return default if default is not None else cls()
+        if isinstance(value, TrainConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise bad_argument(
+                function, argument, expected="a landscape.training.TrainConfig (or a dict of its fields)", found=value
+            )
+        unknown = [k for k in value if k not in _FIELD_CHECKS]
+        if unknown:
+            raise bad_argument(
+                function,
+                argument,
+                expected=f"fields of TrainConfig {sorted(_FIELD_CHECKS)}",
+                found=f"{unknown[0]!r}",
+                fix=f"{function} sets the start, masks, checkpoints, device and progress itself.",
+            )
+        base = default if default is not None else cls()
+        _check_fields(dict(value), function=function, prefix=f"{argument}.")
+        return dataclasses.replace(base, **dict(value))
 
 
 @dataclass
@@ -121,6 +282,15 @@ def _optimizer(
     raise bad_argument("train", "optimizer", expected=f"one of {OPTIMIZERS}", found=repr(name))
 
 
+def optimizer_for(config: TrainConfig, params: Iterable[Tensor] | Iterable[dict]) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names, at its learning rate, momentum and weight decay.
+
+    ``params`` may be parameter groups (dicts); a group's own ``weight_decay`` wins, as torch
+    has it (e.g. no decay on biases).
+    """
+    return _optimizer(config.optimizer, params, config.lr, config.momentum, config.weight_decay)
+
+
 def _check_mask(mask: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     params = dict(model.named_parameters())
     unknown = [k for k in mask if k not in params]
@@ -143,21 +313,35 @@ def _check_mask(mask: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tenso
     return {k: m.to(torch.bool) for k, m in mask.items()}
 
 
+def _resolve_config(config: TrainConfig | None, overrides: Mapping[str, object]) -> TrainConfig:
+    if config is not None and not isinstance(config, TrainConfig):
+        raise bad_argument(
+            "train",
+            "config",
+            expected="a landscape.training.TrainConfig or None",
+            found=config,
+            fix="Build one with TrainConfig(epochs=..., lr=...), or pass the fields as keywords.",
+        )
+    _check_fields(overrides, function="train")
+    return (config or TrainConfig()).replace(**overrides)
+
+
 def train(
     model: nn.Module,
     data: object,
     *,
-    epochs: int = 10,
+    config: TrainConfig | None = None,
+    epochs: int | None = None,
     steps: int | None = None,
-    optimizer: str = "sgd",
-    lr: float = 0.05,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    schedule: str = "constant",
-    warmup: int = 0,
-    batch_size: int = 128,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    schedule: str | None = None,
+    warmup: int | None = None,
+    batch_size: int | None = None,
     init_seed: int | None = None,
-    data_seed: int = 0,
+    data_seed: int | None = None,
     start: Mapping[str, Tensor] | None = None,
     resume_step: int = 0,
     checkpoint_steps: Iterable[int] = (),
@@ -177,18 +361,19 @@ def train(
     data
         :class:`~landscape.core.data.Splits` (trains on ``train``, evaluates on ``test``),
         a dict of splits, or one ``(x, y)`` pair.
-    epochs, steps
-        Length of training; ``steps`` (optimiser steps) overrides ``epochs``.
-    optimizer, lr, momentum, weight_decay
-        ``"sgd"`` (with ``momentum``), ``"adam"`` or ``"adamw"``.
-    schedule, warmup
-        ``"constant"``, ``"cosine"`` or ``"linear"`` decay after ``warmup`` linear warm-up steps.
-    batch_size
-        Examples per step; the last batch of an epoch may be smaller.
+    config
+        The recipe (:class:`TrainConfig`; default ``TrainConfig()``: 10 epochs of SGD at lr
+        0.05, momentum 0.9, batch size 128).
+    epochs, steps, optimizer, lr, momentum, weight_decay, schedule, warmup, batch_size, data_seed, eval_every
+        Fields of :class:`TrainConfig`; each one given overrides the field of ``config``.
+        ``steps`` (optimiser steps) overrides ``epochs``; ``"sgd"`` uses ``momentum``;
+        ``schedule`` is ``"constant"``, ``"cosine"`` or ``"linear"`` decay after ``warmup``
+        linear warm-up steps; the last batch of an epoch may be smaller; ``data_seed`` (default
+        0) seeds the data order and dropout, independently of the initialisation;
+        ``eval_every`` evaluates on the ``test`` split every this many steps (default: every
+        epoch).
     init_seed
         Re-initialise the weights from this seed (see :func:`init_state`).
-    data_seed
-        Seed of the data order (and of dropout); independent of the initialisation.
     start
         A State to start from (e.g. a checkpoint at step k); overrides ``init_seed``.
     resume_step
@@ -203,8 +388,6 @@ def train(
         zero (their gradients are zeroed before, and the weights re-masked after, every step).
     loss
         ``loss(logits, targets) -> scalar``; default mean cross-entropy.
-    eval_every
-        Evaluate on the ``test`` split every this many steps (default: every epoch).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``...
     progress
@@ -233,18 +416,26 @@ def train(
         raise bad_argument("train", "data", expected="a 'train' split", found=f"splits {list(splits)}")
     x_train, y_train = splits[train_split]
     eval_pair = None if single or "test" not in splits else splits["test"]
-    for name, value in {"batch_size": batch_size, "epochs": epochs}.items():
-        if not isinstance(value, int) or value < 1:
-            raise bad_argument("train", name, expected="a positive integer", found=repr(value))
-    if schedule not in SCHEDULES:
-        raise bad_argument("train", "schedule", expected=f"one of {SCHEDULES}", found=repr(schedule))
-    if not lr > 0:
-        raise bad_argument("train", "lr", expected="a positive learning rate", found=repr(lr))
+    overrides = {
+        "epochs": epochs,
+        "steps": steps,
+        "optimizer": optimizer,
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "schedule": schedule,
+        "warmup": warmup,
+        "batch_size": batch_size,
+        "data_seed": data_seed,
+        "eval_every": eval_every,
+    }
+    recipe = _resolve_config(config, {k: v for k, v in overrides.items() if v is not None})
+    optimizer, lr, momentum, weight_decay = recipe.optimizer, recipe.lr, recipe.momentum, recipe.weight_decay
+    schedule, warmup, batch_size = recipe.schedule, recipe.warmup, recipe.batch_size
+    data_seed = 0 if recipe.data_seed is None else recipe.data_seed
     n = x_train.shape[0]
     per_epoch = -(-n // batch_size)
-    total = int(steps) if steps is not None else epochs * per_epoch
-    if total < 1:
-        raise bad_argument("train", "steps", expected="at least one step", found=repr(steps))
+    total = recipe.total_steps(n)
     wanted = sorted({int(s) for s in checkpoint_steps})
     if wanted and (wanted[0] < 0 or wanted[-1] > total):
         raise bad_argument(
@@ -290,7 +481,7 @@ def train(
     eval_steps: list[int] = []
     eval_loss: list[float] = []
     eval_acc: list[float] = []
-    eval_every = eval_every or per_epoch
+    eval_every = recipe.eval_every or per_epoch
 
     def snapshot(step: int) -> State:
         state = State({k: v.detach().cpu().clone() for k, v in work.state_dict().items()})

@@ -35,82 +35,57 @@ def test_quick_settings(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_random_teacher_scripts_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import landscape as ls
+
     students = str(tmp_path / "rt")
-    common = ["--seeds", "0", *TINY_DATA, "--threads", "1"]
-    _run(
-        "random_teacher_probes.py",
-        ["--out", students, "--epochs", "1", "--probe-every", "1", *HEAD, *common],
-        monkeypatch,
+    common = ["--seeds", "0", "1", *TINY_DATA, "--threads", "1"]
+    head = [*HEAD, "--epochs", "1"]
+    _run("random_teacher_probes.py", ["--out", students, "--probe-every", "1", *head, *common], monkeypatch)
+    probes = ls.load_result(tmp_path / "rt" / "probes.nc")
+    assert probes.accuracy.dims == ("seed", "epoch", "net", "probe", "scaling")
+    assert list(probes.net.values) == ["student", "teacher", "teacher_calibrated"]
+    assert list(probes.scaling.values) == ["standardized", "raw"]
+    assert ((probes.accuracy >= 0) & (probes.accuracy <= 1)).all()
+    summary = (tmp_path / "rt" / "summary.md").read_text()
+    assert "python analyses/random_teacher_probes.py" in summary and "teacher (BN calibrated)" in summary
+    assert summary.count(" ± ") >= 4 * 5  # 4 rows, 5 cells with a spread over the two seeds
+
+    noise = ["--out", str(tmp_path / "noise"), "--probe-every", "1", *head, *common, "--compare", students]
+    _run("random_teacher_noise_control.py", noise, monkeypatch)
+    assert "data − noise" in (tmp_path / "noise" / "summary.md").read_text()
+
+    locality = ["--out", str(tmp_path / "loc"), "--alphas", "0", "1", *head, *common]
+    _run("random_teacher_locality.py", locality, monkeypatch)
+    loc = ls.load_result(tmp_path / "loc" / "locality.nc")
+    assert loc.accuracy.dims == ("alpha_init", "seed", "net", "probe", "scaling")
+    assert list(loc.alpha_init.values) == [0.0, 1.0]
+    # alpha 0 starts as an exact copy: before distillation the student probes as its teacher
+    np.testing.assert_array_equal(
+        loc.accuracy_at_start.sel(alpha_init=0.0, net="student"),
+        loc.accuracy_at_start.sel(alpha_init=0.0, net="teacher"),
     )
-    _run(
-        "random_teacher_noise_control.py",
-        [
-            "--out",
-            str(tmp_path / "noise"),
-            "--epochs",
-            "1",
-            "--probe-every",
-            "1",
-            *HEAD,
-            *common,
-            "--compare",
-            students,
-        ],
-        monkeypatch,
-    )
-    _run(
-        "random_teacher_locality.py",
-        [
-            "--out",
-            str(tmp_path / "loc"),
-            "--epochs",
-            "1",
-            "--probe-every",
-            "1",
-            "--alphas",
-            "1e-10",
-            "1",
-            *HEAD,
-            *common,
-        ],
-        monkeypatch,
-    )
-    _run(
-        "lottery_imp.py",
-        [
-            "--out",
-            str(tmp_path / "imp"),
-            "--students",
-            students,
-            "--rounds",
-            "1",
-            "--epochs",
-            "1",
-            "--rewind-step",
-            "1",
-            *common,
-        ],
-        monkeypatch,
-    )
-    _run(
-        "linear_basins.py",
-        [
-            "--out",
-            str(tmp_path / "basins"),
-            "--students",
-            students,
-            "--steps",
-            "1",
-            "--epochs",
-            "1",
-            "--alphas",
-            "3",
-            *common,
-        ],
-        monkeypatch,
-    )
-    for folder in ("rt", "noise", "loc", "imp", "basins"):
-        assert any((tmp_path / folder).iterdir()), folder
+
+    transfer = ["--out", str(tmp_path / "transfer"), *head, *common]
+    _run("random_teacher_transfer.py", transfer, monkeypatch)
+    moved = ls.load_result(tmp_path / "transfer" / "transfer.nc")
+    assert moved.transfer_accuracy.sizes["transfer"] == 3
+    assert np.isfinite(moved.transfer_accuracy.isel(epoch=-1).values).all()
+
+    imp = ["--out", str(tmp_path / "imp"), "--students", students, "--rounds", "1", "--epochs", "1"]
+    _run("lottery_imp.py", [*imp, "--rewind-step", "1", *common], monkeypatch)
+    tickets = ls.load_result(tmp_path / "imp" / "imp.nc")
+    assert tickets.test_accuracy.dims == ("start", "seed", "round", "branch")
+    assert list(tickets.start.values) == ["student", "init", "rewind@1"]
+    assert float(tickets.density.isel(round=1).max()) == pytest.approx(0.8, abs=0.01)
+
+    basins = ["--out", str(tmp_path / "basins"), "--students", students, "--steps", "1", "--epochs", "1"]
+    _run("linear_basins.py", [*basins, "--alphas", "3", *common], monkeypatch)
+    result = ls.load_result(tmp_path / "basins" / "basins.nc")
+    assert result.error_barrier.dims == ("seed", "start", "split")
+    assert list(result.start.values) == ["init", "student", "supervised@1"]
+    assert ((result.error_barrier >= -1) & (result.error_barrier <= 1)).all()
 
 
 @pytest.mark.lm

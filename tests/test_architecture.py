@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "landscape"
-ANALYSES = ("connectivity", "alignment", "distillation", "probes", "pruning", "concepts")
+ANALYSES = ("connectivity", "alignment", "distillation", "probes", "pruning", "concepts", "curvature")
 # Which top-level parts of the package each part may import.
 ALLOWED = {
     "core": {"core"},

@@ -421,7 +421,7 @@ def test_probe_history_takes_the_distillation_result_in_percent() -> None:
         {"accuracy": (("epoch", "net", "probe", "scaling"), accuracy[:, :, None, None])},
         coords={"epoch": [0, 5], "net": ["teacher", "student"], "probe": ["linear"], "scaling": ["raw"]},
     )
-    ax = plot.probe_history(SimpleNamespace(history=history))
+    ax = plot.probe_history(SimpleNamespace(history=history), scaling="raw")
     lines = {line.get_label(): line for line in ax.get_lines()}
     np.testing.assert_allclose(lines["student"].get_ydata(), [60, 65])
     assert ax.get_ylabel() == "linear probe accuracy, raw (%)"
@@ -448,7 +448,9 @@ def test_every_plot_function_saves_with_path(results, tmp_path) -> None:
         path = tmp_path / "figures" / f"{name}.png"
         call(path)
         assert path.stat().st_size > 1000, name
+    # the others save with path= in their own tests (the curvature figures in tests/curvature)
     covered = set(calls) | {"instability", "pnes_fit", "export_vtk", "probe_history", "locality", "imp", "basins"}
+    covered |= {"eigenvalue_density", "curvature_curve"}
     assert covered >= set(plot.__all__)
     import inspect
 

@@ -21,7 +21,7 @@ README = (ROOT / "README.md").read_text()
 TINY_PYTHON = [
     ("ls.datasets.mnist1d()", "ls.datasets.mnist1d(n_train=200, n_test=100)"),
     ("epochs=40", "epochs=1"),
-    ("epochs=60", "epochs=1"),
+    ('"epochs": 60', '"epochs": 1'),
     ("resolution=21", "resolution=3"),
     ("alphas=25", "alphas=5"),
     ("rounds=8", "rounds=1"),
@@ -29,6 +29,7 @@ TINY_PYTHON = [
     ("cg.load_lm()", 'cg.load_lm("tiny")'),
     ("cg.sentiment(256)", "cg.sentiment(32)"),
     ("top_k=8", "top_k=1"),
+    ("layers=[20, 21, 22, 23]", "layers=[1]"),
 ]
 LM_MARKS = ("landscape.concepts", "import transformers")  # blocks that need transformers (lm/dev extras)
 
@@ -76,7 +77,8 @@ def test_tiny_substitutions_still_match_the_readme() -> None:
     code = "\n".join(_python_blocks())
     stale = [full for full, _ in TINY_PYTHON if full not in code]
     assert not stale, f"README no longer contains {stale}: update TINY_PYTHON"
-    assert all(line.startswith("landscape ") for line in _shell_lines()), _shell_lines()
+    scripts = [line for line in _shell_lines() if not line.startswith("landscape ")]
+    assert all(SCRIPT.match(line) for line in scripts), scripts
 
 
 def _run_shell_lines(lines: list[str], folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,7 +93,9 @@ def _run_shell_lines(lines: list[str], folder: Path, monkeypatch: pytest.MonkeyP
 
 def test_readme_shell_lines_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every `landscape ...` line, in order, in one folder (later lines use earlier files)."""
-    lines = [line for line in _shell_lines() if not line.startswith("landscape concepts")]
+    lines = [
+        line for line in _shell_lines() if line.startswith("landscape ") and not line.startswith("landscape concepts")
+    ]
     assert len(lines) >= 10
     _run_shell_lines(lines, tmp_path, monkeypatch)
     for written in ("a.safetensors", "c.safetensors", "lmc.png", "plane.png", "instability.png", "fused.safetensors"):
@@ -104,6 +108,28 @@ def test_readme_concept_lines_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(lines) >= 3
     _run_shell_lines(lines, tmp_path, monkeypatch)
     assert (tmp_path / "curve.png").exists()
+
+
+SCRIPT = re.compile(r"python (analyses|benchmarks)/\w+\.py( |$)")
+
+
+def test_readme_script_lines_run(tmp_path: Path) -> None:
+    """Every `python analyses/...` or `python benchmarks/...` line, in order, as a shell would
+    run it (``~`` is the home folder, here a temporary one), with LANDSCAPE_TINY=1, which the
+    scripts honour by switching to a tiny model."""
+    pytest.importorskip("transformers")
+    import os
+    import sys
+
+    lines = [line for line in _shell_lines() if SCRIPT.match(line)]
+    env = {**os.environ, "LANDSCAPE_TINY": "1", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    for line in dict.fromkeys(lines):  # a line repeated in the README runs once
+        words = [
+            os.path.expanduser(w) if w.startswith("~") else w for w in shlex.split(line.replace("~", str(tmp_path)))
+        ]
+        command = [sys.executable, str(ROOT / words[1]), *words[2:]]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"README line failed: {line}\n{result.stderr[-3000:]}"
 
 
 def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -150,6 +150,7 @@ def run_fuse(args: argparse.Namespace) -> int:
 
     import landscape as ls
     from landscape.alignment import fuse
+    from landscape.core import model_output_logits, run_points
     from landscape.core.errors import LandscapeError, bad_argument
     from landscape.core.state import lerp
     from landscape.models import from_spec, spec_of
@@ -191,36 +192,27 @@ def run_fuse(args: argparse.Namespace) -> int:
         fused, path, model=out_model, metadata={"model_spec": spec_of(out_model), "fused_from": args.checkpoints}
     )
     if args.evaluate:
-        from landscape.core import run_points
-
-        test = {"test": data.test}
-        options = {"device": args.device, "progress": False}
-        average = states[0]
-        for i, s in enumerate(states[1:], start=2):
-            average = lerp(average, s, 1.0 / i)
-        names = [f"parent {i}" for i in range(len(states))] + (["vanilla average"] if target_model is None else [])
-        points = ls.AffineFamily.points([*states, *([average] if target_model is None else [])], names)
-        accuracy = ls.evaluate(model, points, test, **options).accuracy.sel(split="test")
-        rows = [(name, float(accuracy.sel(point=name))) for name in names]
-        fused_acc = ls.evaluate(out_model, ls.AffineFamily.points([fused], ["fused"]), test, **options).accuracy
-        fused_acc = float(fused_acc.sel(split="test").squeeze())
-        rows.append((f"fused ({args.method}{', repair' if args.repair else ''})", fused_acc))
-        # The ensemble averages the parents' probabilities (each point's batches come in data order).
-        per_point: dict[int, list[torch.Tensor]] = {}
-        targets: dict[int, list[torch.Tensor]] = {}
-        run = run_points(model, states, data.test, device=args.device, function="landscape fuse")
-        try:
-            for out in run:
-                for j, point in enumerate(out.points):
-                    per_point.setdefault(point, []).append(torch.softmax(out.logits[j].float(), -1).cpu())
-                    targets.setdefault(point, []).append(out.targets.cpu())
-        finally:
-            run.close()
-        probs = sum(torch.cat(per_point[p]) for p in per_point)
-        labels = torch.cat(targets[0])
-        correct, total = int((probs.argmax(-1) == labels).sum()), labels.numel()
-        rows.append(("ensemble", correct / total))
+        test = data.test
+        named = {f"parent {i}": s for i, s in enumerate(states)}
+        if target_model is None:
+            average = states[0]
+            for i, s in enumerate(states[1:], start=2):
+                average = lerp(average, s, 1.0 / i)
+            named["vanilla average"] = average
+        accuracy = ls.evaluate(model, named, test, metrics="accuracy", device=args.device, progress=False).accuracy
+        rows = [(str(name), float(acc)) for name, acc in zip(accuracy.point.values, accuracy.values)]
+        fused_accuracy = ls.evaluate(
+            out_model, [fused], test, metrics="accuracy", device=args.device, progress=False
+        ).accuracy
+        rows.append((f"fused ({args.method}{', repair' if args.repair else ''})", float(fused_accuracy[0])))
+        # The ensemble averages the parents' probabilities example by example.
+        x, y = test
+        probs = torch.zeros(len(y), int(model_output_logits(model(x[:1])).shape[-1]))
+        for out in run_points(model, states, x, device=args.device, function="landscape fuse"):
+            probs[out.rows] += torch.softmax(out.logits[0].float(), -1).cpu()
+        rows.append(("ensemble", float((probs.argmax(-1) == y).float().mean())))
+        print(f"{'':32s} test accuracy (%)")
         for name, acc in rows:
-            print(f"{name:32s} test accuracy {acc:.4f}")
+            print(f"{name:32s} {100 * acc:17.2f}")
     print(f"wrote {path}")
     return 0

@@ -38,9 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fit.add_argument(
         "--site",
-        default="residual",
+        default="pre_attn",
         choices=("residual", "pre_attn", "attn_out", "mlp_out"),
-        help="where in each layer the hidden state is read",
+        help="where in each layer the hidden state is read (pre_attn as in the paper's code; "
+        "'residual' for control-vector export)",
     )
     fit.add_argument(
         "--read",
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the completion's last token, the mean over its first --n-tokens, or each of them",
     )
     fit.add_argument("--n-tokens", type=int, default=16, help="completion tokens read by --read mean/tokens")
-    fit.add_argument("--layers", default="all", help="'all' or comma-separated layer indices")
+    fit.add_argument("--layers", default="all", help="'all' or comma-separated layer indices ('final': the final norm)")
     fit.add_argument("--val-fraction", type=float, default=0.25, help="share of prompts held out for validation")
     fit.add_argument("--out", required=True, help="output .safetensors file")
     fit.add_argument("--accuracy-out", default=None, help="also write the accuracy per layer to this netCDF file")
@@ -60,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _model_options(guide)
     guide.add_argument("prompts", nargs="+", help="prompts to complete")
     guide.add_argument("--probe", required=True, help="probe file written by `landscape concepts fit`")
-    guide.add_argument("--alpha", type=float, required=True, help="strength (x mean activation norm unless --absolute)")
+    guide.add_argument(
+        "--alpha", type=float, default=None, help="strength (x mean activation norm unless --absolute); not for ablate"
+    )
     _guide_options(guide)
     guide.add_argument("--max-new-tokens", type=int, default=48, help="tokens generated per prompt")
     guide.add_argument("--no-compare", action="store_true", help="do not print the unguided completion")
@@ -90,6 +93,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_options(curve)
     curve.set_defaults(handler=run_curve, tiny={**TINY, "alphas": "-0.1,0,0.1"})
 
+    _register_export(sub)
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser("export", help="write a probe as a llama.cpp control vector (GGUF)")
+    export.add_argument("--probe", required=True, help="probe file fit at --site residual")
+    export.add_argument("--alpha", type=float, default=1.0, help="strength, as for guide (default: %(default)s)")
+    export.add_argument("--layers", default=None, help="comma-separated layers >= 1 (default: top-k)")
+    export.add_argument("--top-k", type=int, default=None, help="number of best layers (default: half)")
+    export.add_argument("--absolute", action="store_true", help="alpha is absolute, not x mean activation norm")
+    export.add_argument("--model-hint", default=None, help="controlvector.model_hint (default: the probe's model type)")
+    export.add_argument("--out", required=True, help="output .gguf file (llama-cli --control-vector FILE)")
+    export.set_defaults(handler=run_export, tiny={**TINY, "layers": 1})
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from landscape.concepts import export_control_vector, load_control_vector, load_probe
+
+    probe = load_probe(args.probe)
+    path = export_control_vector(
+        probe,
+        output_path(args.out),
+        alpha=args.alpha,
+        layers=_layers(args.layers),
+        top_k=args.top_k,
+        relative=not args.absolute,
+        model_hint=args.model_hint,
+    )
+    vector = load_control_vector(path)
+    print(f"wrote {path}: layers {vector.layers}, width {vector.hidden_size}, model hint {vector.model_hint!r}")
+    return 0
+
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -102,6 +137,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("LANDSCAPE_LM_CACHE"),
         help="folder keeping a dequantised GGUF, so reloads are fast (default: $LANDSCAPE_LM_CACHE)",
     )
+    parser.add_argument("--dtype", default=None, help="weights' dtype, e.g. bfloat16 (default: float32)")
+    parser.add_argument(
+        "--device-map", default=None, help="accelerate device map, e.g. 'auto' to spread a large model over devices"
+    )
 
 
 def _guide_options(parser: argparse.ArgumentParser) -> None:
@@ -110,15 +149,23 @@ def _guide_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--absolute", action="store_true", help="alpha is absolute, not x mean activation norm")
     parser.add_argument("--no-preserve-norm", action="store_true", help="do not rescale to the original norm")
     parser.add_argument(
-        "--positions", default="all", choices=("all", "new"), help="steer every position or only new ones"
+        "--positions",
+        default="all",
+        help="'all', 'new' (last prompt token and generated ones), or comma-separated token indices",
+    )
+    parser.add_argument(
+        "--operation",
+        default="add",
+        choices=("add", "ablate", "ablate_then_add"),
+        help="add the direction, project it out, or both (default: %(default)s)",
     )
 
 
-def _layers(text: str | None) -> list[int] | str | None:
-    if text is None or text == "all":
+def _layers(text: str | None) -> list[int | str] | str | None:
+    if text is None or text in ("all", "final"):
         return text
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [part.strip() if part.strip() == "final" else int(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
         raise bad_argument(
             "landscape concepts", "--layers", expected="'all' or integers like 20,21,22", found=repr(text)
@@ -135,8 +182,8 @@ def _floats(text: str, option: str) -> list[float]:
 def _load(args: argparse.Namespace):
     from landscape.concepts import load_lm
 
-    device = None if args.device == "auto" else args.device
-    return load_lm(args.model, device=device, cache=args.cache)
+    device_map = args.device_map
+    return load_lm(args.model, device=args.device, dtype=args.dtype, device_map=device_map, cache=args.cache)
 
 
 def _guide_kwargs(args: argparse.Namespace) -> dict:
@@ -145,8 +192,20 @@ def _guide_kwargs(args: argparse.Namespace) -> dict:
         "top_k": args.top_k,
         "relative": not args.absolute,
         "preserve_norm": not args.no_preserve_norm,
-        "positions": args.positions,
+        "positions": _positions(args.positions),
+        "operation": args.operation,
     }
+
+
+def _positions(text: str) -> str | list[int]:
+    if text in ("all", "new"):
+        return text
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise bad_argument(
+            "landscape concepts", "--positions", expected="'all', 'new' or token indices like 0,1,2", found=repr(text)
+        ) from err
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -195,7 +254,8 @@ def run_guide(args: argparse.Namespace) -> int:
     with guide(lm, probe, alpha=args.alpha, **_guide_kwargs(args)) as state:
         guided = generate(lm, tokenizer, args.prompts, max_new_tokens=args.max_new_tokens, batch_size=batch)
     unit = " x mean norm" if state.relative else ""
-    print(f"guidance: alpha {args.alpha:g}{unit} at layers {state.layers} ({state.site}, positions {state.positions})")
+    strength = "" if state.operation == "ablate" else f", alpha {state.alpha:g}{unit}"
+    print(f"guidance: {state.operation}{strength} at layers {state.layers} ({state.site}, positions {state.positions})")
     for i, prompt in enumerate(args.prompts):
         print(f"\n> {prompt}")
         if plain is not None:
@@ -259,7 +319,7 @@ def run_curve(args: argparse.Namespace) -> int:
         reference_texts=reference,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size or 8,
-        folder=args.resume,
+        out=args.resume,
         progress=not args.quiet,
         **_guide_kwargs(args),
     )

@@ -22,8 +22,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_options(rt)
     rt.add_argument("--epochs", type=int, default=60, help="distillation epochs")
+    rt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
+    rt.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    rt.add_argument("--train-batch-size", type=int, default=256, help="examples per optimiser step")
     rt.add_argument(
-        "--alpha-init", type=float, default=1e-10, help="student locality: 0 = the teacher, 1 = a fresh init"
+        "--alpha-init",
+        type=float,
+        default=None,
+        help="student locality: 0 = the teacher, 1 = a fresh init (default: an exact copy of the teacher)",
+    )
+    rt.add_argument(
+        "--head",
+        default="reference",
+        choices=("reference", "weight_normalized"),
+        help="last head layer as the reference code runs it (default, not weight-normalised) or weight-normalised",
     )
     rt.add_argument("--seed", type=int, default=0, help="teacher initialisation seed")
     rt.add_argument("--probe-every", type=int, default=5, help="probe every N epochs (0: only at the end)")
@@ -31,9 +43,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rt.add_argument("--hidden-dim", type=int, default=None, help="width of the head's two hidden layers (default 512)")
     rt.add_argument("--bottleneck-dim", type=int, default=None, help="head bottleneck (default 64)")
     rt.add_argument("--out-dim", type=int, default=None, help="head outputs K (default 4096)")
-    rt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    rt.add_argument("--train-batch-size", type=int, default=256, help="examples per optimiser step")
-    rt.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear probe")
+    rt.add_argument(
+        "--scalings",
+        nargs="+",
+        default=["standardized"],
+        choices=("standardized", "raw"),
+        help="probe read-outs (default: standardized)",
+    )
+    rt.add_argument(
+        "--probe-solver",
+        default="lbfgs",
+        choices=("lbfgs", "adamw"),
+        help="linear probe: deterministic L-BFGS (default) or the reference's AdamW",
+    )
+    rt.add_argument("--probe-epochs", type=int, default=100, help="epochs of the AdamW linear probe")
+    rt.add_argument(
+        "--transfer-seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also probe on the same dataset drawn (mnist1d) or split (digits) with these seeds",
+    )
     rt.add_argument(
         "--gaussian-inputs", action="store_true", help="distil on Gaussian noise (the random-input control)"
     )
@@ -65,6 +95,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=["reinit", "random_mask"],
         choices=("reinit", "random_mask"),
         help="control branches: re-initialise with the same mask, a random mask with the same sparsity",
+    )
+    imp.add_argument(
+        "--prune-output",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prune the output layer (default: as open_lth for the model's family: ResNet yes, others no)",
+    )
+    imp.add_argument(
+        "--prune-first",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="prune the first layer (default: yes, as open_lth)",
     )
     _add_train_options(imp)
     imp.add_argument("--out", required=True, help="output folder (results, masks, states)")
@@ -101,40 +143,58 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-batch-size", type=int, default=128, help="examples per optimiser step")
 
 
-def _train_options(args: argparse.Namespace) -> dict[str, object]:
-    return {
-        "epochs": args.epochs,
-        "optimizer": args.optimizer,
-        "lr": args.lr,
-        "momentum": args.momentum,
-        "weight_decay": args.weight_decay,
-        "batch_size": args.train_batch_size,
-    }
+def _train_options(args: argparse.Namespace):
+    from landscape.training import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        batch_size=args.train_batch_size,
+    )
+
+
+def _transfer_sets(args: argparse.Namespace, data) -> dict[str, object]:
+    """The run's dataset drawn (mnist1d) or split (digits) with each of ``--transfer-seeds``."""
+    import copy
+
+    sets = {}
+    for seed in args.transfer_seeds:
+        other = copy.copy(args)
+        other.data, other.data_seed = data.name, seed
+        sets[f"{data.name}-seed{seed}"] = load_data(other)
+    return sets
 
 
 def run_random_teacher(args: argparse.Namespace) -> int:
     import landscape as ls
-    from landscape.distillation import DEFAULT_HEAD, distill_random_teacher, gaussian_inputs
+    from landscape.distillation import DEFAULT_HEAD, DISTILLATION_TRAIN, distill_random_teacher, gaussian_inputs
     from landscape.models import spec_of
 
     data = load_data(args)
     model = model_for(args.model, data)
     hidden = args.hidden_dim or DEFAULT_HEAD["hidden_dims"][0]
+    config = DISTILLATION_TRAIN.replace(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.train_batch_size
+    )
     result = distill_random_teacher(
         model,
         data,
-        epochs=args.epochs,
+        train=config,
         alpha_init=args.alpha_init,
+        head=args.head,
         seed=args.seed,
         probe_every=args.probe_every,
         save_epochs=args.save_epochs,
         hidden_dims=(hidden, hidden),
         bottleneck_dim=args.bottleneck_dim or DEFAULT_HEAD["bottleneck_dim"],
         out_dim=args.out_dim or DEFAULT_HEAD["out_dim"],
-        lr=args.lr,
-        batch_size=args.train_batch_size,
         inputs=gaussian_inputs(data.train[0], seed=args.seed) if args.gaussian_inputs else None,
-        probe_options={"epochs": args.probe_epochs},
+        scalings=args.scalings,
+        probe_options={"solver": args.probe_solver, "epochs": args.probe_epochs},
+        transfer=_transfer_sets(args, data),
         device=args.device,
         progress=not args.quiet,
     )
@@ -166,13 +226,24 @@ def run_random_teacher(args: argparse.Namespace) -> int:
 
 
 def _probe_table(history) -> str:
-    last = history.accuracy.isel(epoch=-1)
-    lines = [f"probe accuracy after {int(history.epoch[-1])} epochs (test split):"]
-    for probe in last.probe.values:
-        for scaling in last.scaling.values:
-            t = float(last.sel(net="teacher", probe=probe, scaling=scaling))
-            s = float(last.sel(net="student", probe=probe, scaling=scaling))
-            lines.append(f"  {probe:>6} {scaling:<12}  teacher {t:.3f}  student {s:.3f}  gain {s - t:+.3f}")
+    """Final probe accuracies (fractions) of every net, on the data and each transfer set."""
+    tables = [("data", history.accuracy.isel(epoch=-1))]
+    if "transfer_accuracy" in history:
+        last = history.transfer_accuracy.isel(epoch=-1)
+        tables += [(f"transfer {name}", last.sel(transfer=name)) for name in last.transfer.values]
+    nets = list(history.net.values)
+    lines = [f"probe accuracy after {int(history.epoch[-1])} epochs (test split, fractions):"]
+    for label, last in tables:
+        for probe in last.probe.values:
+            for scaling in last.scaling.values:
+                cell = last.sel(probe=probe, scaling=scaling)
+                values = "  ".join(f"{net} {float(cell.sel(net=net)):.3f}" for net in nets)
+                gains = "  ".join(
+                    f"gain over {net} {float(cell.sel(net='student')) - float(cell.sel(net=net)):+.3f}"
+                    for net in nets
+                    if net != "student"
+                )
+                lines.append(f"  {label:<8} {probe:>6} {scaling:<12}  {values}  {gains}")
     return "\n".join(lines)
 
 
@@ -189,9 +260,11 @@ def run_imp(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         rewind_step=args.rewind_step,
         start=start,
-        train=_train_options(args) | {"data_seed": args.seed},
+        train=_train_options(args).replace(data_seed=args.seed),
         prune_rate=args.prune_rate,
         scope=args.scope,
+        prune_first=args.prune_first,
+        prune_output=args.prune_output,
         controls=tuple(args.controls),
         seed=args.seed,
         out=args.out,

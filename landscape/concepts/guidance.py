@@ -1,4 +1,5 @@
-"""Concept guidance: add a probe's direction to a model's activations while it runs."""
+"""Concept guidance: add concept directions to a model's activations, or project them out,
+while it runs."""
 
 from __future__ import annotations
 
@@ -9,99 +10,105 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from landscape.concepts.examples import prompt_ids, use_chat
-from landscape.concepts.hidden import model_device, output_tensor, pad_id, runner
-from landscape.concepts.models import SITES, find_layers, hidden_size, site_module
+from landscape.concepts.control_vectors import ControlVector
+from landscape.concepts.hidden import runner
+from landscape.concepts.models import hidden_size
+from landscape.concepts.positions import PositionRule, position_rule, steer_mask
 from landscape.concepts.probes import ConceptProbe, check_probe_for
+from landscape.concepts.sites import SITES, find_layers, layer_point, register_edit
 from landscape.core.errors import bad_argument
-from landscape.core.progress import progress_bar
 
-__all__ = ["POSITIONS", "Guidance", "default_layers", "generate", "guide"]
+__all__ = ["OPERATIONS", "Guidance", "GuidancePart", "Steering", "default_layers", "guide"]
 
-POSITIONS = ("all", "new")
+OPERATIONS = ("add", "ablate", "ablate_then_add")
 
 
-@dataclass
-class Guidance:
-    """What an active :func:`guide` context does: the steered layers, the absolute strength
-    added at each (``alpha`` times the layer's mean activation norm when relative), the site
-    and the positions."""
+@dataclass(frozen=True)
+class Steering:
+    """One concept to steer with, for ``guide(lm, [Steering(...), ...])``: each carries its
+    own strength, layers, site and operation (see :func:`guide` for their meaning).
+
+    Examples
+    --------
+    >>> from landscape.concepts import ControlVector
+    >>> import numpy as np
+    >>> Steering(ControlVector({1: np.ones(4)}), alpha=2.0).operation
+    'add'
+    """
+
+    source: ConceptProbe | ControlVector
+    alpha: float | None = None
+    layers: int | Sequence[int] | None = None
+    top_k: int | None = None
+    site: str | None = None
+    operation: str = "add"
+    relative: bool | None = None
+
+
+@dataclass(frozen=True)
+class GuidancePart:
+    """What one steering does: the layers, the absolute strength added at each (``alpha``
+    times the layer's mean activation norm when relative), the site and the operation."""
 
     layers: list[int]
     strengths: dict[int, float]
     site: str
-    positions: str
-    preserve_norm: bool
+    operation: str
     alpha: float
     relative: bool
+
+
+@dataclass
+class Guidance:
+    """What an active :func:`guide` context does: one :class:`GuidancePart` per steering, the
+    positions and whether norms are preserved. ``layers`` is the union of steered layers;
+    ``strengths``, ``site``, ``alpha``, ``relative`` and ``operation`` describe a context with
+    one steering."""
+
+    parts: list[GuidancePart]
+    positions: str
+    preserve_norm: bool
+    _rule: PositionRule | None = field(default=None, repr=False)
     _mask: torch.Tensor | None = field(default=None, repr=False)
-    _previous: torch.Tensor | None = field(default=None, repr=False)
-    _prompt_length: int = field(default=0, repr=False)
 
+    @property
+    def layers(self) -> list[int]:
+        return sorted({layer for part in self.parts for layer in part.layers})
 
-def _cache_length(past: Any) -> int:
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    if isinstance(past, (tuple, list)) and past and past[0] is not None:
-        return int(past[0][0].shape[-2])
-    return 0
+    def _single(self, name: str) -> GuidancePart:
+        if len(self.parts) != 1:
+            raise bad_argument(
+                f"Guidance.{name}",
+                "guidance",
+                expected="a guide with one steering",
+                found=f"{len(self.parts)} steerings",
+                fix=f"Read guidance.parts[i].{name}.",
+            )
+        return self.parts[0]
 
+    @property
+    def strengths(self) -> dict[int, float]:
+        return self._single("strengths").strengths
 
-def _positions_mask(state: Guidance, arguments: dict[str, Any]) -> torch.Tensor | None:
-    """Which positions of this forward call to steer: (batch, length) bool, or None for all."""
-    ids = arguments.get("input_ids")
-    embeds = arguments.get("inputs_embeds")
-    reference = ids if ids is not None else embeds
-    if reference is None:
-        return None
-    batch, length = int(reference.shape[0]), int(reference.shape[1])
-    device = reference.device
-    attention = arguments.get("attention_mask")
-    current = None
-    if isinstance(attention, torch.Tensor) and attention.dim() == 2:
-        current = attention[:, -length:].bool()
-    if state.positions == "all":
-        return None if current is None or bool(current.all()) else current
-    cache_position = arguments.get("cache_position")
-    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
-        past = int(cache_position.reshape(-1)[0])
-    else:
-        past = _cache_length(arguments.get("past_key_values"))
-    if past > 0:  # decoding with a cache: every position of the call is new
-        return current
-    previous = state._previous
-    state._previous = ids.detach().clone() if ids is not None else None
-    if (
-        ids is not None
-        and previous is not None
-        and ids.shape[0] == previous.shape[0]
-        and ids.shape[1] == previous.shape[1] + 1
-        and torch.equal(ids[:, :-1], previous)
-    ):
-        # Generation without a cache re-reads the sequence with one more token each step:
-        # steer from the prompt's last token on, as with the cache.
-        steer = (torch.arange(length, device=device) >= state._prompt_length - 1)[None, :].expand(batch, length)
-        return steer if current is None else steer & current
-    state._prompt_length = length
-    # A new prompt: only its last real token, whose output is the first generated token.
-    if current is None:
-        last = torch.full((batch,), length - 1, device=device)
-    else:
-        last = length - 1 - current.flip(-1).int().argmax(dim=-1)
-    return torch.arange(length, device=device)[None, :] == last[:, None]
+    @property
+    def site(self) -> str:
+        return self._single("site").site
 
+    @property
+    def alpha(self) -> float:
+        return self._single("alpha").alpha
 
-def _steer(x: torch.Tensor, delta: torch.Tensor, preserve_norm: bool) -> torch.Tensor:
-    work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    y = work + delta.to(work.dtype)
-    if preserve_norm:
-        y = y * (work.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(work.dtype).tiny))
-    return y.to(x.dtype)
+    @property
+    def relative(self) -> bool:
+        return self._single("relative").relative
+
+    @property
+    def operation(self) -> str:
+        return self._single("operation").operation
 
 
 def default_layers(probe: ConceptProbe, top_k: int | None = None) -> list[int]:
@@ -111,21 +118,206 @@ def default_layers(probe: ConceptProbe, top_k: int | None = None) -> list[int]:
     return probe.top_layers(k)
 
 
+@dataclass
+class _Edit:
+    """Everything steered at one (layer, site): directions projected out and the sum of the
+    vectors added, in float64 on the CPU; cast to each device and dtype on first use."""
+
+    ablate: list[np.ndarray] = field(default_factory=list)
+    add: np.ndarray | None = None
+    _placed: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor | None, torch.Tensor | None]] = field(
+        default_factory=dict
+    )
+
+    def placed(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        key = (device, dtype)
+        if key not in self._placed:
+            basis = None
+            if self.ablate:
+                # An orthonormal basis of the ablated directions: projecting out their span
+                # leaves zero projection on each of them, whatever their order or overlap.
+                q, r = np.linalg.qr(np.stack(self.ablate, axis=1))
+                keep = np.abs(np.diag(r)) > 1e-10 * np.abs(np.diag(r)).max()
+                basis = torch.as_tensor(q[:, keep].T.copy()).to(device=device, dtype=dtype)
+            add = None
+            if self.add is not None and np.any(self.add):
+                add = torch.as_tensor(self.add).to(device=device, dtype=dtype)
+            self._placed[key] = (basis, add)
+        return self._placed[key]
+
+
+def _apply(x: torch.Tensor, edit: _Edit, mask: torch.Tensor | None, preserve_norm: bool) -> torch.Tensor:
+    # Half-precision activations are steered in float32 (their norms overflow or lose digits).
+    work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    basis, add = edit.placed(work.device, work.dtype)
+    if basis is None and add is None:
+        return x  # nothing to do (alpha = 0): bit-identical
+    y = work
+    if basis is not None:
+        y = y - (y @ basis.T) @ basis
+    if add is not None:
+        y = y + add
+    if preserve_norm:
+        tiny = torch.finfo(work.dtype).tiny
+        y = y * (work.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True).clamp_min(tiny))
+    y = y.to(x.dtype)
+    if mask is not None:
+        mask = mask.to(x.device)
+        if x.dim() == 2:  # OPT's MLP runs on (batch * length, hidden)
+            mask = mask.reshape(-1)
+        y = torch.where(mask[..., None], y, x)
+    return y
+
+
+def _steerings(
+    lm: nn.Module,
+    probe: Any,
+    options: dict[str, Any],
+    *,
+    function: str,
+) -> list[Steering]:
+    if isinstance(probe, (ConceptProbe, ControlVector)):
+        return [Steering(probe, **options)]
+    if isinstance(probe, Steering):
+        probe = [probe]
+    if isinstance(probe, Sequence) and probe and all(isinstance(s, Steering) for s in probe):
+        given = {k: v for k, v in options.items() if v != _DEFAULTS[k]}
+        if given:
+            raise bad_argument(
+                function,
+                ", ".join(sorted(given)),
+                expected="per-steering options inside each Steering when several are given",
+                found=f"{given} passed to guide",
+                fix="Write guide(lm, [Steering(probe, alpha=..., layers=...), ...]).",
+            )
+        return list(probe)
+    raise bad_argument(
+        function,
+        "probe",
+        expected="a fitted ConceptProbe, a ControlVector, or a list of Steering",
+        found=probe,
+    )
+
+
+_DEFAULTS: dict[str, Any] = {
+    "alpha": None,
+    "layers": None,
+    "top_k": None,
+    "site": None,
+    "operation": "add",
+    "relative": None,
+}
+
+
+def _resolve(
+    lm: nn.Module, blocks: nn.ModuleList, steering: Steering, *, function: str
+) -> tuple[GuidancePart, dict[int, tuple[np.ndarray, float]]]:
+    """Layers, site and (unit direction, strength) per layer of one steering."""
+    source, operation = steering.source, steering.operation
+    if operation not in OPERATIONS:
+        raise bad_argument(function, "operation", expected=f"one of {OPERATIONS}", found=repr(operation))
+    alpha = steering.alpha
+    if alpha is None:
+        if operation == "ablate":
+            alpha = 0.0
+        elif isinstance(source, ControlVector):
+            alpha = 1.0
+        else:
+            raise bad_argument(function, "alpha", expected=f"a strength for operation {operation!r}", found="None")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise bad_argument(function, "alpha", expected="a finite number", found=repr(alpha))
+    if isinstance(source, ConceptProbe):
+        source._check_fitted(function)
+        check_probe_for(source, hidden_size(lm), len(blocks), function)
+        known, recorded = source.layers_.tolist(), source.site_
+        relative = True if steering.relative is None else bool(steering.relative)
+    else:
+        if source.hidden_size != hidden_size(lm):
+            raise bad_argument(
+                function,
+                "probe",
+                expected=f"vectors of this model's width {hidden_size(lm)}",
+                found=f"a control vector of width {source.hidden_size}",
+            )
+        known, recorded = source.layers, source.site
+        if steering.relative:
+            raise bad_argument(
+                function,
+                "relative",
+                expected="relative=False or None for a ControlVector (its vectors are absolute)",
+                found="True",
+            )
+        relative = False
+    site = steering.site or recorded
+    if site is None:
+        raise bad_argument(
+            function, "site", expected=f"one of {SITES} (the probe does not record its site)", found=None
+        )
+    if site not in SITES:
+        raise bad_argument(function, "site", expected=f"one of {SITES}", found=repr(site))
+    if relative and recorded is not None and site != recorded:
+        raise bad_argument(
+            function,
+            "site",
+            expected=f"the probe's site {recorded!r} for a relative alpha (its norms were measured there)",
+            found=repr(site),
+            fix="Pass relative=False for an absolute alpha, or fit the probe at that site.",
+        )
+    if steering.layers is None:
+        chosen = default_layers(source, steering.top_k) if isinstance(source, ConceptProbe) else list(known)
+    else:
+        raw = [steering.layers] if isinstance(steering.layers, int) else list(steering.layers)
+        chosen = sorted({int(layer) for layer in raw})
+        unknown = [layer for layer in chosen if layer not in known]
+        if not chosen or unknown:
+            raise bad_argument(
+                function,
+                "layers",
+                expected=f"layers the probe was fit on ({known})",
+                found=f"{unknown or 'none'}",
+            )
+    too_deep = [layer for layer in chosen if layer > len(blocks)]
+    if too_deep:
+        raise bad_argument(
+            function, "layers", expected=f"layers of this model (0..{len(blocks)})", found=f"layers {too_deep}"
+        )
+    units: dict[int, tuple[np.ndarray, float]] = {}
+    strengths: dict[int, float] = {}
+    for layer in chosen:
+        if isinstance(source, ConceptProbe):
+            j = int(np.where(source.layers_ == layer)[0][0])
+            vector = np.asarray(source.directions_[j], dtype=np.float64)
+            scale = float(source.mean_norm_[j]) if relative else 1.0
+        else:
+            vector = np.asarray(source.vectors[layer], dtype=np.float64)
+            scale = float(np.linalg.norm(vector))
+        norm = float(np.linalg.norm(vector))
+        if not math.isfinite(norm) or norm == 0:
+            raise bad_argument(function, "probe", expected="non-zero directions", found=f"layer {layer}: norm {norm}")
+        strength = float(alpha) * scale
+        strengths[layer] = strength
+        units[layer] = (vector / norm, strength)
+    part = GuidancePart(chosen, strengths, site, operation, float(alpha), relative)
+    return part, units
+
+
 @contextmanager
 def guide(
     lm: nn.Module,
-    probe: ConceptProbe,
+    probe: ConceptProbe | ControlVector | Sequence[Steering],
     *,
-    alpha: float,
+    alpha: float | None = None,
     layers: int | Sequence[int] | None = None,
     top_k: int | None = None,
     site: str | None = None,
-    relative: bool = True,
+    operation: str = "add",
+    relative: bool | None = None,
     preserve_norm: bool = True,
-    positions: str = "all",
+    positions: Any = "all",
     layer_path: str | None = None,
 ) -> Iterator[Guidance]:
-    """Add ``alpha`` times the probe's unit direction to the activations at chosen layers.
+    """Steer a model along concept directions while it runs: add ``alpha`` times the unit
+    direction, project the direction out, or both, at chosen layers and positions.
 
     Inside the context every forward pass of ``lm`` is guided (``lm(...)``,
     ``lm.generate(...)``, the scoring functions of this package); leaving it removes the
@@ -134,32 +326,49 @@ def guide(
     Parameters
     ----------
     lm
-        The model the probe was fit on (a probe of another hidden size is refused).
+        The model the probe was fit on (a probe of another width or depth is refused).
     probe
-        A fitted :class:`ConceptProbe`; ``-probe`` guides towards the opposite concept.
+        A fitted :class:`ConceptProbe` (``-probe`` guides towards the opposite concept), a
+        :class:`ControlVector` (absolute per-layer vectors, e.g. from
+        :func:`load_control_vector`), or a list of :class:`Steering`, each with its own
+        strength, layers, site and operation (then pass those options only inside each
+        Steering). Steerings at the same layer and site compose: every ablated direction is
+        projected out (their span, so each keeps zero projection), then every added vector is
+        added, then the norm is restored once when ``preserve_norm``.
     alpha
-        Strength; with ``relative=True`` (default) in units of the mean activation norm of
-        each layer (``probe.mean_norm_``), else absolute. Negative values suppress the concept.
+        Strength; with ``relative`` (default for probes) in units of the mean activation norm
+        of each layer (``probe.mean_norm_``), else absolute; for a control vector a scale of
+        its vectors (default 1). Negative values suppress the concept. Not used by
+        ``operation="ablate"``.
     layers, top_k
         Layers to steer; default: the ``top_k`` layers by validation accuracy (half of the
-        probed layers when ``top_k`` is None).
+        probed layers when ``top_k`` is None), every layer of a control vector.
     site
-        Where to add the direction (default: the site the probe was fit at).
+        Where to steer (default: the site the probe was fit at; see :func:`hidden_states`).
+    operation
+        ``"add"``: ``x + alpha * s * u``; ``"ablate"``: ``x - (x . u) u``, the component along
+        the unit direction ``u`` removed; ``"ablate_then_add"``: ablate, then add.
+    relative
+        Whether ``alpha`` is relative to the layer's mean activation norm (default True for
+        a probe; a control vector is always absolute).
     preserve_norm
         Rescale each steered activation to its original norm (as von Rütte et al. do). Without
-        it the change is exactly ``alpha * direction`` and linear in ``alpha``.
+        it an added change is exactly ``alpha * s * u`` and linear in ``alpha``.
     positions
-        ``"all"``: every (non-padding) position, prompt included; ``"new"``: only the
-        positions the model generates from: the last real prompt token (so the first
-        generated token is steered too) and every generated token, with or without the
-        KV cache. Padding is never steered.
+        ``"all"``: every position, prompt included; ``"new"``: only the positions the model
+        generates from: the last prompt token (so the first generated token is steered too)
+        and every generated token, with or without the KV cache; non-negative token indices
+        (an int or a list), a ``slice`` of non-negative bounds (``slice(5, None)``: from the
+        sixth token on, generated ones included), or a boolean mask ``(length,)`` or
+        ``(batch, length)``. Positions count each sequence's tokens from its first
+        non-padding one; padding is never steered.
     layer_path
         Dotted path to the decoder blocks for unusual models.
 
     Yields
     ------
     Guidance
-        The steered layers and absolute strengths.
+        The steered layers and absolute strengths of each steering.
 
     Examples
     --------
@@ -173,53 +382,26 @@ def guide(
     [1]
     """
     function = "guide"
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise bad_argument(function, "alpha", expected="a finite number", found=repr(alpha))
-    if positions not in POSITIONS:
-        raise bad_argument(function, "positions", expected=f"one of {POSITIONS}", found=repr(positions))
-    if not isinstance(probe, ConceptProbe):
-        raise bad_argument(function, "probe", expected="a fitted ConceptProbe", found=probe)
-    probe._check_fitted(function)
-    blocks = find_layers(lm, layer_path or probe.layer_path_, function=function)
-    check_probe_for(probe, hidden_size(lm), len(blocks), function)
-    site = site or probe.site_
-    if site is None:
-        raise bad_argument(
-            function, "site", expected=f"one of {SITES} (the probe does not record its site)", found="None"
-        )
-    if site not in SITES:
-        raise bad_argument(function, "site", expected=f"one of {SITES}", found=repr(site))
-    if relative and probe.site_ is not None and site != probe.site_:
-        raise bad_argument(
-            function,
-            "site",
-            expected=f"the probe's site {probe.site_!r} for a relative alpha (its norms were measured there)",
-            found=repr(site),
-            fix="Pass relative=False for an absolute alpha, or fit the probe at that site.",
-        )
-    if layers is None:
-        chosen = default_layers(probe, top_k)
-    else:
-        chosen = sorted({int(layer) for layer in ([layers] if isinstance(layers, int) else layers)})
-        unknown = [layer for layer in chosen if layer not in probe.layers_.tolist()]
-        if not chosen or unknown:
-            raise bad_argument(
-                function,
-                "layers",
-                expected=f"layers the probe was fit on ({probe.layers_.tolist()})",
-                found=f"{unknown or 'none'}",
-            )
-    device = model_device(lm)
-    strengths: dict[int, float] = {}
-    deltas: dict[int, torch.Tensor] = {}
-    for layer in chosen:
-        j = int((probe.layers_ == layer).nonzero()[0][0])
-        direction = torch.as_tensor(probe.directions_[j], dtype=torch.float64)
-        unit = direction / direction.norm()
-        strength = float(alpha) * (float(probe.mean_norm_[j]) if relative else 1.0)
-        strengths[layer] = strength
-        deltas[layer] = (strength * unit).to(device=device, dtype=torch.float32)
-    state = Guidance(chosen, strengths, site, positions, preserve_norm, float(alpha), relative)
+    options = {"alpha": alpha, "layers": layers, "top_k": top_k, "site": site, "operation": operation}
+    options["relative"] = relative
+    steerings = _steerings(lm, probe, options, function=function)
+    rule = position_rule(positions, function=function)
+    first = steerings[0].source
+    path = layer_path or (first.layer_path_ if isinstance(first, ConceptProbe) else None)
+    blocks = find_layers(lm, path, function=function)
+    parts: list[GuidancePart] = []
+    edits: dict[tuple[int, str], _Edit] = {}
+    for steering in steerings:
+        part, units = _resolve(lm, blocks, steering, function=function)
+        parts.append(part)
+        for layer, (unit, strength) in units.items():
+            edit = edits.setdefault((layer, part.site), _Edit())
+            if part.operation in ("ablate", "ablate_then_add"):
+                edit.ablate.append(unit)
+            if part.operation in ("add", "ablate_then_add"):
+                edit.add = (0.0 if edit.add is None else edit.add) + strength * unit
+    points = {key: layer_point(lm, blocks, key[0], key[1], function=function) for key in edits}
+    state = Guidance(parts, rule.describe(), bool(preserve_norm), rule)
 
     call = runner(lm, blocks)
     signature = inspect.signature(call.forward)
@@ -229,111 +411,20 @@ def guide(
             arguments = signature.bind_partial(*args, **kwargs).arguments
         except TypeError:
             arguments = dict(kwargs)
-        state._mask = _positions_mask(state, arguments)
+        if "kwargs" in arguments and isinstance(arguments["kwargs"], dict):
+            arguments = {**arguments["kwargs"], **arguments}
+        state._mask = steer_mask(rule, arguments)
 
-    def make_hook(delta: torch.Tensor):
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            x = output_tensor(output)
-            y = _steer(x, delta, preserve_norm)
-            mask = state._mask
-            if mask is not None:
-                y = torch.where(mask[..., None], y, x)
-            return (y, *output[1:]) if isinstance(output, tuple) else y
-
-        return hook
+    def make_edit(edit: _Edit):
+        return lambda x: _apply(x, edit, state._mask, state.preserve_norm)
 
     handles = [call.register_forward_pre_hook(pre_hook, with_kwargs=True)]
     try:
-        for layer in chosen:
-            module = site_module(blocks[layer], site, function=function)
-            handles.append(module.register_forward_hook(make_hook(deltas[layer])))
+        for key, edit in edits.items():
+            handles.append(register_edit(points[key], make_edit(edit)))
         yield state
     finally:
         for handle in handles:
             handle.remove()
         state._mask = None
-        state._previous = None
-
-
-def generate(
-    lm: nn.Module,
-    tokenizer: Any,
-    prompts: str | Sequence[str],
-    *,
-    max_new_tokens: int = 48,
-    chat: bool | None = None,
-    batch_size: int = 8,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    progress: bool = False,
-) -> list[str]:
-    """Complete prompts (greedy by default), left-padding batches; works inside :func:`guide`.
-
-    Prompts are rendered as a user turn with the chat template when the tokenizer has one.
-    A tokenizer without a pad token is fine. With ``do_sample=True``, torch's global seed is
-    set to ``seed`` before each batch.
-
-    Returns
-    -------
-    list of str
-        The generated text of each prompt, special tokens removed.
-
-    Examples
-    --------
-    >>> from landscape.concepts import load_lm, generate
-    >>> lm, tok = load_lm("tiny")
-    >>> len(generate(lm, tok, ["Hi"], max_new_tokens=3)) == 1
-    True
-    """
-    function = "generate"
-    items = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not items or not all(isinstance(p, str) for p in items):
-        raise bad_argument(function, "prompts", expected="a non-empty list of strings", found=prompts)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise bad_argument(function, "max_new_tokens", expected="a positive integer", found=repr(max_new_tokens))
-    chat = use_chat(tokenizer, chat, function=function)
-    encoded = [prompt_ids(tokenizer, p, chat=chat) for p in items]
-    if any(not ids for ids in encoded):
-        raise bad_argument(function, "prompts", expected="prompts that tokenize to at least one token", found="''")
-    device = model_device(lm)
-    pad = pad_id(tokenizer)
-    eos = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    outputs: list[str] = [""] * len(items)
-    with torch.inference_mode(), progress_bar(total=len(items), desc="generate", disable=not progress) as bar:
-        for begin in range(0, len(items), batch_size):
-            batch = encoded[begin : begin + batch_size]
-            input_ids, mask = left_padded(batch, pad, device)
-            if do_sample:
-                torch.manual_seed(seed)
-            options: dict[str, Any] = {"do_sample": do_sample}
-            if do_sample:
-                options["temperature"] = temperature
-            else:
-                options.update(temperature=None, top_p=None, top_k=None)
-            generated = lm.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
-                eos_token_id=eos,
-                **options,
-            )
-            stops = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-            for row, sequence in enumerate(generated[:, input_ids.shape[1] :].tolist()):
-                end = next((i for i, token in enumerate(sequence) if token in stops), len(sequence))
-                outputs[begin + row] = tokenizer.decode(sequence[:end], skip_special_tokens=True).strip()
-            bar.update(len(batch))
-    return outputs
-
-
-def left_padded(batch: Sequence[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        mask[row, length - len(ids) :] = 1
-    return input_ids.to(device), mask.to(device)
+        rule.reset()

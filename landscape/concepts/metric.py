@@ -1,5 +1,5 @@
-"""How well guidance works: concept effect and fluency (perplexity) over guidance strengths,
-and the perplexity-normalised effect size (PNES) of von Rütte et al. (2024)."""
+"""How well guidance works: the concept effect and fluency (perplexity) over guidance
+strengths, written as it goes and resumable."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,16 +16,19 @@ import xarray as xr
 from torch import nn
 
 from landscape.concepts.examples import as_examples, encode, use_chat
-from landscape.concepts.guidance import default_layers, generate, guide, left_padded
-from landscape.concepts.hidden import model_device, pad_id, right_padded
-from landscape.concepts.models import model_name
+from landscape.concepts.generation import generate
+from landscape.concepts.guidance import default_layers, guide
+from landscape.concepts.hidden import pad_id
+from landscape.concepts.models import input_device, model_name
+from landscape.concepts.positions import completion_starts
 from landscape.concepts.probes import ConceptProbe
 from landscape.concepts.scorers import accepts_prompts, resolve_scorer
+from landscape.core.data import padded_batches
 from landscape.core.errors import bad_argument
 from landscape.core.io import data_fingerprint, open_run, provenance_attrs, run_settings
 from landscape.core.progress import progress_bar
 
-__all__ = ["guidance_curve", "perplexity", "pnes"]
+__all__ = ["guidance_curve", "perplexity"]
 
 
 def perplexity(
@@ -41,10 +43,11 @@ def perplexity(
     """Perplexity of each text's completion under ``lm`` (guided when called inside
     :func:`guide`).
 
-    The prompt is read in one forward pass and the completion in a second one that continues
-    from the KV cache, exactly as in generation, so that ``guide(..., positions="new")``
-    steers the same positions here as when the model writes. Raw texts are scored from their
-    second token on.
+    Each prompt and its completion are read in one forward pass (right-padded, so any causal
+    model works, with or without a KV cache, Mamba included). Inside
+    ``guide(..., positions="new")`` the steered positions are those generation steers: the
+    prompt's last token and every completion token. Raw texts are scored from their second
+    token on. Inputs go to the device of the model's input embeddings.
 
     Parameters
     ----------
@@ -66,45 +69,40 @@ def perplexity(
     """
     function = "perplexity"
     ex = as_examples(texts, function=function, argument="texts")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise bad_argument(function, "batch_size", expected="a positive integer", found=repr(batch_size))
     chat = use_chat(tokenizer, chat, function=function)
     encoded = encode(tokenizer, ex, chat=chat)
-    pairs: list[tuple[list[int], list[int]]] = []
-    for e, completion in zip(encoded, ex.completions):
-        if not ex.raw and not completion:
-            pairs.append(([], []))
-            continue
+    starts = np.zeros(len(encoded), dtype=np.int64)
+    scored: list[int] = []
+    for i, (e, completion) in enumerate(zip(encoded, ex.completions)):
         start = max(e.start, 1) if ex.raw else e.start
-        pairs.append((e.ids[:start], e.ids[start : e.stop]))
-    device = model_device(lm)
-    pad = pad_id(tokenizer)
-    values = np.full(len(pairs), np.nan)
-    order = sorted(range(len(pairs)), key=lambda i: (-len(pairs[i][0]) - len(pairs[i][1]), i))
-    order = [i for i in order if pairs[i][1] and pairs[i][0]]
-    with torch.inference_mode(), progress_bar(total=len(order), desc="perplexity", disable=not progress) as bar:
-        for begin in range(0, len(order), batch_size):
-            rows = order[begin : begin + batch_size]
-            prefix_ids, prefix_mask = left_padded([pairs[i][0] for i in rows], pad, device)
-            tail_ids, tail_mask = right_padded([pairs[i][1] for i in rows], pad, device)
-            positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-            first = lm(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True)
-            real = prefix_mask.sum(-1, keepdim=True)
-            tail_positions = real + torch.arange(tail_ids.shape[1], device=device)[None, :]
-            second = lm(
-                input_ids=tail_ids,
-                attention_mask=torch.cat([prefix_mask, tail_mask], dim=1),
-                position_ids=tail_positions,
-                past_key_values=first.past_key_values,
-                use_cache=True,
+        if (ex.raw or completion) and 0 < start < e.stop:
+            starts[i] = start
+            scored.append(i)
+    device = input_device(lm)
+    values = np.full(len(encoded), np.nan)
+    sequences = [encoded[i].ids[: encoded[i].stop] for i in scored]
+    with torch.inference_mode(), progress_bar(total=len(scored), desc="perplexity", disable=not progress) as bar:
+        for rows, input_ids, mask in padded_batches(sequences, batch_size, pad_id=pad_id(tokenizer), device=device):
+            index = [scored[r] for r in rows]
+            first = torch.as_tensor(starts[index], device=device)
+            with completion_starts(first):
+                logits = lm(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            # Token t is predicted by the logits at t - 1; score t from the completion's start on.
+            positions = torch.arange(input_ids.shape[1], device=device)[None, :]
+            target = (positions >= first[:, None]) & mask.bool()
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none"
             )
-            logits = torch.cat([first.logits[:, -1:], second.logits[:, :-1]], dim=1).float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tail_ids, reduction="none")
-            mean_nll = (nll * tail_mask).sum(-1) / tail_mask.sum(-1)
-            values[rows] = torch.exp(mean_nll).double().cpu().numpy()
+            weight = target[:, 1:].to(nll.dtype)
+            mean_nll = (nll * weight).sum(-1) / weight.sum(-1)
+            values[index] = torch.exp(mean_nll).double().cpu().numpy()
             bar.update(len(rows))
     return xr.DataArray(
         values,
         dims=("sample",),
-        coords={"sample": np.arange(len(pairs))},
+        coords={"sample": np.arange(len(encoded))},
         name="perplexity",
         attrs=provenance_attrs(function=function, model=model_name(lm), chat=chat),
     )
@@ -146,12 +144,13 @@ def guidance_curve(
     site: str | None = None,
     relative: bool = True,
     preserve_norm: bool = True,
-    positions: str = "all",
+    positions: Any = "all",
+    operation: str = "add",
     chat: bool | None = None,
     batch_size: int = 8,
     do_sample: bool = False,
     seed: int = 0,
-    folder: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> xr.Dataset:
     """Generate under guidance at each strength, score the concept and measure fluency.
@@ -172,11 +171,15 @@ def guidance_curve(
     reference_texts
         Texts neutral to the concept whose perplexity under the guided model measures the
         loss of fluency; default :func:`neutral_texts` (32 answers to everyday factual questions).
-    max_new_tokens, layers, top_k, site, relative, preserve_norm, positions
+    max_new_tokens, layers, top_k, site, relative, preserve_norm, positions, operation
         Passed to :func:`generate` and :func:`guide`.
-    folder
-        When given, each alpha's result is written there as it finishes and a rerun with
-        the same settings resumes.
+    chat, batch_size, do_sample, seed
+        Passed to :func:`generate` and :func:`perplexity`.
+    out
+        A folder: each alpha's result is written there as it finishes, and a rerun with the
+        same settings resumes (other settings are refused). The settings are the model's
+        name and content hash, the probe's kind, directions and mean norms, the prompts, the
+        reference texts, the alphas, the scorer's name, and every option above.
 
     Returns
     -------
@@ -216,10 +219,17 @@ def guidance_curve(
     score_fn = resolve_scorer(
         scorer, lm, tokenizer, probe, guided_layers if not isinstance(guided_layers, int) else [guided_layers]
     )
-    options = dict(layers=guided_layers, site=site, relative=relative, preserve_norm=preserve_norm, positions=positions)
+    options = dict(
+        layers=guided_layers,
+        site=site,
+        relative=relative,
+        preserve_norm=preserve_norm,
+        positions=positions,
+        operation=operation,
+    )
     settings = {
         "model": model_name(lm),
-        "probe": _digest(probe.directions_.tolist()),
+        "probe": _digest([probe.kind, probe.directions_.tolist(), probe.mean_norm_.tolist()]),
         "prompts": _digest(items),
         "reference": _digest([reference.prompts, reference.completions]),
         "alphas": values,
@@ -227,7 +237,9 @@ def guidance_curve(
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
         "seed": seed,
-        **{k: v for k, v in options.items()},
+        "chat": use_chat(tokenizer, chat, function=function),
+        "batch_size": batch_size,
+        **{k: v if isinstance(v, (str, int, float, list, type(None))) else repr(v) for k, v in options.items()},
     }
     # Entering once checks every option before hours of generation, and gives the strength
     # added per unit of alpha at each layer.
@@ -242,18 +254,17 @@ def guidance_curve(
             model_weights=True,
             data={"prompts": items, "reference": [reference.prompts, reference.completions]},
             options={
-                **{k: v for k, v in settings.items() if k not in ("model", "probe", "prompts", "reference")},
-                "chat": use_chat(tokenizer, chat, function=function),
+                **{k: v for k, v in settings.items() if k not in ("model_sha256", "probe", "prompts", "reference")},
                 "tokenizer": _tokenizer_record(tokenizer),
                 "probe": _probe_record(probe),
             },
         )
-        if folder is not None
+        if out is not None
         else None
     )
     steps = []
     with (
-        open_run(folder, fingerprint, function=function, argument="folder") as run,
+        open_run(out, fingerprint, function=function, argument="out") as run,
         progress_bar(total=len(values), desc="guidance curve", unit="alpha", disable=not progress) as bar,
     ):
         for alpha in values:
@@ -308,7 +319,8 @@ def guidance_curve(
         site=site or probe.site_,
         relative=relative,
         preserve_norm=preserve_norm,
-        positions=positions,
+        positions=unit.positions,
+        operation=operation,
         scorer=settings["scorer"],
         max_new_tokens=max_new_tokens,
         n_reference=len(reference),
@@ -316,135 +328,3 @@ def guidance_curve(
         seed=seed,
     )
     return result
-
-
-def _ppl_model(x: np.ndarray, b: float) -> np.ndarray:
-    return b * np.abs(x) ** 2
-
-
-def _pne_model(x: np.ndarray, a: float, c: float, b: float) -> np.ndarray:
-    return (np.tanh(a * x) + c) / np.exp(b * np.abs(x) ** 2)
-
-
-def pnes(
-    curve: xr.Dataset,
-    *,
-    effect: str = "effect",
-    perplexity: str = "perplexity",
-    ppl_cutoff: float = 2e3,
-    min_r2: float = 0.5,
-) -> xr.Dataset:
-    """Perplexity-normalised effect size of a guidance curve, as released with von Rütte et
-    al. (2024, github.com/dvruette/concept-guidance, ``scripts/evaluate.py``).
-
-    With the baseline at the alpha closest to 0, the normalised effect is
-    ``(effect - effect_0) / (ppl / ppl_0)``. First ``log(ppl / ppl_0) ~ b * alpha**2`` is
-    fit (least squares, points with perplexity below ``ppl_cutoff``); then
-    ``(tanh(a * alpha) + c) / exp(b * alpha**2)`` is fit to the normalised effect with ``b``
-    fixed. PNES is the range (max - min) of the fitted curve over the alpha range.
-
-    Parameters
-    ----------
-    curve
-        A Dataset with dim ``alpha`` and the variables named by ``effect`` and ``perplexity``
-        (e.g. from :func:`guidance_curve`).
-    ppl_cutoff
-        Perplexities at or above this are left out of the ``b`` fit (as in the reference).
-    min_r2
-        Warn when the fit's r^2 is below this; a warning is also given when ``b <= 0``
-        (perplexity not growing with |alpha| makes the normalisation meaningless).
-
-    Returns
-    -------
-    xarray.Dataset
-        Scalars ``pnes``, ``a``, ``b``, ``c``, ``r_squared``, ``x_min``, ``x_max`` (alphas of
-        the fitted curve's minimum and maximum), ``y_min``, ``y_max``; over ``alpha``:
-        ``normalized_effect`` and ``fitted``; over ``grid`` (200 alphas, coordinate
-        ``grid_alpha``): ``fit_curve``.
-
-    Examples
-    --------
-    >>> import numpy as np, xarray as xr
-    >>> x = np.linspace(-1, 1, 9)
-    >>> curve = xr.Dataset({"effect": ("alpha", np.tanh(2 * x)), "perplexity": ("alpha", 10 * np.exp(x**2))},
-    ...                    coords={"alpha": x})
-    >>> round(float(pnes(curve).b), 3)
-    1.0
-    """
-    from scipy.optimize import curve_fit
-
-    function = "pnes"
-    for name in (effect, perplexity):
-        if name not in curve or curve[name].dims != ("alpha",):
-            raise bad_argument(
-                function, "curve", expected=f"a Dataset with a variable {name!r} over dim 'alpha'", found=curve
-            )
-    curve = curve.sortby("alpha")
-    xs = np.asarray(curve["alpha"].values, dtype=np.float64)
-    effects = np.asarray(curve[effect].values, dtype=np.float64)
-    ppls = np.asarray(curve[perplexity].values, dtype=np.float64)
-    if len(xs) < 3 or not (np.isfinite(effects).all() and np.isfinite(ppls).all() and (ppls > 0).all()):
-        raise bad_argument(
-            function,
-            "curve",
-            expected="at least 3 alphas with finite effects and positive finite perplexities",
-            found=f"{len(xs)} alphas",
-        )
-    base = int(np.argmin(np.abs(xs)))
-    if xs[base] != 0:
-        warnings.warn(f"pnes: no alpha = 0 in the curve; the baseline is alpha = {xs[base]:g}.", stacklevel=2)
-    ys = (effects - effects[base]) / (ppls / ppls[base])
-    keep = ppls < ppl_cutoff
-    if not (keep & (xs != 0)).any():
-        raise bad_argument(
-            function, "curve", expected=f"a nonzero alpha with perplexity below {ppl_cutoff:g}", found="none"
-        )
-    # Least squares of a one-parameter linear model; the closed form is what curve_fit converges to.
-    log_ratio = np.log(ppls / ppls[base])
-    b = float(np.sum(xs[keep] ** 2 * log_ratio[keep]) / np.sum(xs[keep] ** 4))
-    try:
-        (a, c), _ = curve_fit(lambda x, a, c: _pne_model(x, a, c, b), xs, ys, p0=[0.0, 0.0], maxfev=20000)
-    except (RuntimeError, ValueError) as err:
-        warnings.warn(f"pnes: the effect fit did not converge ({err}); PNES is NaN.", stacklevel=2)
-        a = c = float("nan")
-    fitted = _pne_model(xs, a, c, b)
-    ss_tot = float(np.sum((ys - ys.mean()) ** 2))
-    grid = np.linspace(xs.min(), xs.max(), 200)
-    curve_values = _pne_model(grid, a, c, b)
-    if ss_tot > 0 and np.isfinite(a):
-        r_squared = 1 - float(np.sum((ys - fitted) ** 2)) / ss_tot
-        x_min, x_max = float(grid[np.argmin(curve_values)]), float(grid[np.argmax(curve_values)])
-        y_min, y_max = float(curve_values.min()), float(curve_values.max())
-    elif np.isfinite(a):  # a flat normalised effect: no effect at all (as in the reference)
-        r_squared = x_min = x_max = float("nan")
-        y_min = y_max = 0.0
-    else:
-        r_squared = x_min = x_max = y_min = y_max = float("nan")
-    if b <= 0:
-        warnings.warn(
-            f"pnes: perplexity does not grow with |alpha| (b = {b:.3g} <= 0); PNES is not meaningful here.",
-            stacklevel=2,
-        )
-    if not r_squared >= min_r2:
-        warnings.warn(f"pnes: the fit explains little of the curve (r^2 = {r_squared:.3f} < {min_r2}).", stacklevel=2)
-    return xr.Dataset(
-        {
-            "pnes": ((), y_max - y_min),
-            "a": ((), float(a)),
-            "b": ((), b),
-            "c": ((), float(c)),
-            "r_squared": ((), r_squared),
-            "x_min": ((), x_min),
-            "x_max": ((), x_max),
-            "y_min": ((), y_min),
-            "y_max": ((), y_max),
-            "normalized_effect": ("alpha", ys),
-            "fitted": ("alpha", fitted),
-            "log_perplexity_ratio": ("alpha", log_ratio),
-            "fit_curve": ("grid", curve_values),
-        },
-        coords={"alpha": xs, "grid_alpha": ("grid", grid)},
-        attrs=provenance_attrs(
-            function=function, effect=effect, perplexity=perplexity, ppl_cutoff=ppl_cutoff, source=dict(curve.attrs)
-        ),
-    )

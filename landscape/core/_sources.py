@@ -29,12 +29,14 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30
 @dataclass
 class Batch:
     """One batch of model inputs: positional ``args``, keyword ``kwargs`` and the ``targets``
-    (None for unlabelled data); ``size`` examples."""
+    (None for unlabelled data); ``size`` examples, which are the examples ``rows`` of their
+    split (a slice, or a list of indices where batches reorder examples)."""
 
     args: tuple[Tensor, ...]
     kwargs: dict[str, Tensor]
     targets: Tensor | None
     size: int
+    rows: slice | list[int] | None = None
 
     @property
     def first(self) -> Tensor:
@@ -48,6 +50,7 @@ class Batch:
             {k: _to(v, device, dtype) for k, v in self.kwargs.items()},
             None if self.targets is None else self.targets.to(device),
             self.size,
+            self.rows,
         )
 
     def channels_last(self) -> Batch:
@@ -56,6 +59,7 @@ class Batch:
             self.kwargs,
             self.targets,
             self.size,
+            self.rows,
         )
 
 
@@ -111,6 +115,7 @@ class Inputs(Source):
                 {k: v[s] for k, v in self.kwargs.items()},
                 None if self.targets is None else self.targets[s],
                 s.stop - s.start,
+                s,
             )
 
     def to(self, device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> Inputs:
@@ -159,10 +164,11 @@ class _Padded(Source):
         self.size = len(sequences)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        for _, ids, mask in padded_batches(
+        for rows, ids, mask in padded_batches(
             self.sequences, batch_size, pad_id=self.pad_id, side=self.side, device=self.device
         ):
-            yield Batch((), {"input_ids": ids, "attention_mask": mask}, next_token_targets(ids, mask), ids.shape[0])
+            inputs = {"input_ids": ids, "attention_mask": mask}
+            yield Batch((), inputs, next_token_targets(ids, mask), ids.shape[0], rows)
 
     def to(self, device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> _Padded:
         return _Padded(self.sequences, self.pad_id, device, self.side)
@@ -442,6 +448,7 @@ class _Streamed(Source):
         # The loader's own batches: re-batching would cost a copy of every batch.
         count = 0
         for batch in self._raw():
+            batch.rows = slice(count, count + batch.size)
             count += batch.size
             if self.device is not None:
                 batch = batch.to(self.device, self.dtype)
@@ -506,12 +513,12 @@ def for_model(source: Source, model: torch.nn.Module) -> Source:
     if "input_ids" in parameters:
         if "use_cache" not in parameters:
             return source
-        return _Mapped(source, lambda b: Batch(b.args, {**b.kwargs, "use_cache": False}, b.targets, b.size))
+        return _Mapped(source, lambda b: Batch(b.args, {**b.kwargs, "use_cache": False}, b.targets, b.size, b.rows))
 
     def positional(b: Batch) -> Batch:
         if b.args or "input_ids" not in b.kwargs:
             return b
-        return Batch((b.kwargs["input_ids"],), {}, b.targets, b.size)
+        return Batch((b.kwargs["input_ids"],), {}, b.targets, b.size, b.rows)
 
     return _Mapped(source, positional)
 

@@ -57,6 +57,9 @@ class PointBatch:
         Outputs of the captured submodules, shape ``(len(points), n, ...)``.
     size : int
         Examples in the batch.
+    rows : slice or list of int
+        Which examples of the split the batch holds, in order (a list where batches reorder
+        examples, as token batches sorted by length do): place per-example results with it.
     """
 
     points: list[int]
@@ -65,6 +68,7 @@ class PointBatch:
     targets: Tensor | None
     features: dict[str, Tensor] = field(default_factory=dict)
     size: int = 0
+    rows: slice | list[int] | None = None
 
     @property
     def logits(self) -> Tensor:
@@ -290,9 +294,8 @@ def run_loop(job: Job, forward: Callable[[PointRunner], Forward] | None = None) 
 
 def _point_batch(job: Job, k: int, split: str, output: object, features: dict[str, Tensor], batch: Batch) -> PointBatch:
     job.tick(1)
-    return PointBatch(
-        [k], split, _with_point_axis(output), batch.targets, {n: v[None] for n, v in features.items()}, batch.size
-    )
+    features = {n: v[None] for n, v in features.items()}
+    return PointBatch([k], split, _with_point_axis(output), batch.targets, features, batch.size, batch.rows)
 
 
 def _run_loop_streamed(job: Job, runner: PointRunner) -> Iterator[PointBatch]:
@@ -332,7 +335,7 @@ def run_vmap(job: Job, points_per_chunk: int) -> Iterator[PointBatch]:
         stacked = chunk(idx)
         for split, batch in job.data_batches():
             output, features = batched(stacked, batch.args, batch.kwargs)
-            yield PointBatch(idx, split, output, batch.targets, features, batch.size)
+            yield PointBatch(idx, split, output, batch.targets, features, batch.size, batch.rows)
             job.tick(len(idx))
 
 
@@ -563,7 +566,8 @@ def run_affine(job: Job, first: FirstLayer) -> Iterator[PointBatch]:
         for split, batch in job.data_batches():
             outputs = layer_outputs(batch.first)
             for k in range(len(family)):
-                yield PointBatch([k], split, combine(outputs, weights[k])[None], batch.targets, {}, batch.size)
+                output = combine(outputs, weights[k])[None]
+                yield PointBatch([k], split, output, batch.targets, {}, batch.size, batch.rows)
                 job.tick(1)
         return
     with _overridden_forward(first.module, forward):
@@ -580,6 +584,7 @@ def run_affine(job: Job, first: FirstLayer) -> Iterator[PointBatch]:
             for k in range(len(family)):
                 output = run_point(k, outputs, batch)
                 features = {n: v[None] for n, v in job.features().items()}
-                yield PointBatch([k], split, _with_point_axis(output), batch.targets, features, batch.size)
+                output = _with_point_axis(output)
+                yield PointBatch([k], split, output, batch.targets, features, batch.size, batch.rows)
                 job.tick(1)
     state["value"] = None

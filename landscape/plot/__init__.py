@@ -41,6 +41,8 @@ _FUNCTIONS = {
     "detection": "landscape.plot.concepts",
     "guidance": "landscape.plot.concepts",
     "pnes_fit": "landscape.plot.concepts",
+    "eigenvalue_density": "landscape.plot.curvature",
+    "curvature_curve": "landscape.plot.curvature",
 }
 
 __all__ = sorted(_FUNCTIONS)

@@ -36,7 +36,12 @@ def _line(ax: Any, x: np.ndarray, values: xr.DataArray, **style: Any) -> None:
 
 
 def probe_history(
-    history: Any, ax: Any = None, *, probe: str = "linear", scaling: str = "raw", path: PathLike | None = None
+    history: xr.Dataset,
+    ax: Any = None,
+    *,
+    probe: str = "linear",
+    scaling: str = "standardized",
+    path: PathLike | None = None,
 ) -> Any:
     """Probe accuracy of student and teacher over distillation epochs.
 
@@ -73,7 +78,12 @@ def probe_history(
 
 
 def locality(
-    result: xr.Dataset, ax: Any = None, *, probe: str = "linear", scaling: str = "raw", path: PathLike | None = None
+    result: xr.Dataset,
+    ax: Any = None,
+    *,
+    probe: str = "linear",
+    scaling: str = "standardized",
+    path: PathLike | None = None,
 ) -> Any:
     """Final probe accuracy of the student over ``alpha_init`` (log scale), with the teacher's.
 

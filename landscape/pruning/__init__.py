@@ -4,8 +4,9 @@ round to disk and resumes (masked training is ``landscape.train(..., mask=mask)`
 pruning: whole units of every symmetry group removed, fused into the kept ones by optimal
 transport (``intra_fusion``, Theus et al. 2024) or discarded."""
 
-from landscape.pruning.iterative import BRANCHES, DEFAULT_TRAIN, imp
-from landscape.pruning.masks import (
+from landscape.pruning._imp import BRANCHES, imp
+from landscape.pruning._masks import (
+    OPEN_LTH_PRUNES_OUTPUT,
     SCOPES,
     apply_mask,
     check_mask,
@@ -14,6 +15,7 @@ from landscape.pruning.masks import (
     layer_density,
     magnitude_prune,
     prunable_parameters,
+    prunes_output_by_default,
     random_mask,
     sparsity,
 )
@@ -29,9 +31,9 @@ from landscape.pruning.structured import (
 
 __all__ = [
     "BRANCHES",
-    "DEFAULT_TRAIN",
     "IMPORTANCES",
     "MARGINALS",
+    "OPEN_LTH_PRUNES_OUTPUT",
     "PRUNE_METHODS",
     "SCOPES",
     "Pruned",
@@ -45,6 +47,7 @@ __all__ = [
     "magnitude_prune",
     "plain_groups",
     "prunable_parameters",
+    "prunes_output_by_default",
     "random_mask",
     "sparsity",
     "unit_importance",

@@ -69,6 +69,50 @@ def make_model(arch: str, *, hidden: int = 32, layers: int = 3, seed: int = 0):
     return model.eval()
 
 
+def chat_prefix(tokenizer, prompt: str) -> list[int]:
+    """The ids of a prompt rendered as a user turn: transformers 4.x returns a list from
+    ``apply_chat_template(tokenize=True)``, 5.x a BatchEncoding."""
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    if hasattr(rendered, "keys") and "input_ids" in rendered:
+        rendered = rendered["input_ids"]
+    return list(rendered)
+
+
+def make_arch(name: str, *, hidden: int = 32, layers: int = 2, seed: int = 0):
+    """A tiny model of another family, from its config (random weights)."""
+    vocab = len(SPECIALS) + 96
+    ids = {"pad_token_id": 3, "bos_token_id": 1, "eos_token_id": 2}
+    configs = {
+        "opt": lambda: transformers.OPTConfig(
+            vocab_size=vocab, hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=hidden, **ids,
+        ),
+        "olmo2": lambda: transformers.Olmo2Config(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256, **ids,
+        ),
+        "mamba": lambda: transformers.MambaConfig(
+            vocab_size=vocab, hidden_size=hidden, state_size=4, num_hidden_layers=layers, **ids
+        ),
+        "gpt_neox": lambda: transformers.GPTNeoXConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256, **ids,
+        ),
+        "phi": lambda: transformers.PhiConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=256, **ids,
+        ),
+    }  # fmt: skip
+    try:
+        config = configs[name]()
+    except AttributeError:  # an architecture newer than this transformers (OLMo-2 needs 4.47)
+        pytest.skip(f"transformers {transformers.__version__} has no {name}")
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
 @pytest.fixture(scope="session")
 def llama():
     return make_model("llama"), make_tokenizer()
@@ -95,3 +139,9 @@ EXAMPLES = [
     ("The film?", "Great fun", 1),
     ("The film?", "Dull", 0),
 ]
+
+
+def hook_counts(lm) -> list[tuple[int, int]]:
+    """Forward hooks and pre-hooks per module. transformers 5 installs its own hooks on the
+    first output_hidden_states call and keeps them, so tests compare counts, not emptiness."""
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in lm.modules()]

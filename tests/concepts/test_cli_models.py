@@ -44,8 +44,12 @@ def test_cli_fit_guide_curve(model_dir, tmp_path, capsys):
         ]
     )
     assert code == 0 and "val_accuracy" in capsys.readouterr().out
-    assert load_probe(probe).kind == "logistic" and load_probe(probe).concept_ == "sentiment"
-    assert xr.open_dataset(tmp_path / "acc.nc", engine="h5netcdf").sizes["layer"] == 3
+    loaded = load_probe(probe)
+    assert loaded.kind == "logistic" and loaded.concept_ == "sentiment" and loaded.site_ == "pre_attn"
+    accuracy = xr.open_dataset(tmp_path / "acc.nc", engine="h5netcdf")
+    # pre_attn of layer 0 at the last token reads only that token ('.' in every example): left out.
+    assert accuracy.layer.values.tolist() == loaded.layers_.tolist() == [1, 2]
+    assert ((accuracy.train_accuracy >= 0) & (accuracy.train_accuracy <= 1)).all()
 
     assert (
         main(
@@ -67,7 +71,18 @@ def test_cli_fit_guide_curve(model_dir, tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "unguided:" in out and "guided:" in out and "layers [" in out
+    assert "unguided:" in out and "guided:" in out and "add, alpha 0.5 x mean norm at layers [" in out
+    ablate = ["concepts", "guide", "--model", model_dir, "--probe", str(probe), "--operation", "ablate"]
+    assert main([*ablate, "--positions", "new", "--max-new-tokens", "2", "--no-compare", "Hi"]) == 0
+    assert "guidance: ablate at layers [" in capsys.readouterr().out
+
+    residual = tmp_path / "residual.safetensors"
+    fit = ["concepts", "fit", "--model", model_dir, "--n", "16", "--site", "residual", "--out", str(residual)]
+    assert main([*fit, "--quiet"]) == 0
+    capsys.readouterr()
+    gguf_file = tmp_path / "cv.gguf"
+    assert main(["concepts", "export", "--probe", str(residual), "--layers", "1,2", "--out", str(gguf_file)]) == 0
+    assert "layers [1, 2], width 32, model hint 'llama'" in capsys.readouterr().out
 
     curve = tmp_path / "curve.nc"
     assert (

@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, make_model, make_tokenizer
+from conftest import EXAMPLES, hook_counts, make_model, make_tokenizer
 
-from landscape.concepts import fit_probe, generate, guide, hidden_states
-from landscape.concepts.models import find_layers, site_module
+from landscape.concepts import find_layers, fit_probe, generate, guide, hidden_states
+from landscape.concepts.sites import register_read, site_point
 from landscape.core.errors import LandscapeError
 
 SITES = ("residual", "pre_attn", "attn_out", "mlp_out")
 
 
 def _probe(lm, tok, site="residual"):
+    # Guidance takes its site from the probe; these tests steer the residual stream by default.
     return fit_probe(hidden_states(lm, tok, EXAMPLES, site=site, progress=False), val_fraction=0)
 
 
@@ -39,13 +40,13 @@ def _logits(lm, ids, **kwargs):
 
 
 class _Capture:
-    """Records the output of a module (registered after guide's hook, it sees the steered one)."""
+    """Records the output of a module, or the tensor at a site point (registered after guide's
+    hook, it sees the steered one)."""
 
     def __init__(self, module):
         self.values = []
-        self.handle = module.register_forward_hook(
-            lambda m, a, out: self.values.append((out[0] if isinstance(out, tuple) else out).detach().clone())
-        )
+        point = module if hasattr(module, "kind") else site_point(module, "residual")
+        self.handle = register_read(point, lambda x: self.values.append(x.detach().clone()))
 
     def remove(self):
         self.handle.remove()
@@ -79,6 +80,7 @@ def test_alpha_zero_is_bit_identical(lm_pair, probes, preserve_norm, positions):
 
 def test_leaving_the_context_restores_the_model_bit_for_bit(lm_pair, probes):
     lm, tok = lm_pair
+    hooks_before = hook_counts(lm)
     ids = _ids(tok)
     before = _logits(lm, ids)
     blocks = find_layers(lm)
@@ -90,7 +92,7 @@ def test_leaving_the_context_restores_the_model_bit_for_bit(lm_pair, probes):
     with pytest.raises(RuntimeError, match="inside"), guide(lm, probes[_pair_name(lm), "residual"], alpha=3.0):
         raise RuntimeError("inside")
     assert torch.equal(before, _logits(lm, ids))
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.modules())
+    assert hook_counts(lm) == hooks_before
     assert len(blocks) == 3
 
 
@@ -98,7 +100,7 @@ def test_leaving_the_context_restores_the_model_bit_for_bit(lm_pair, probes):
 def test_change_is_linear_in_alpha_without_norm_preservation(lm_pair, probes, site):
     lm, tok = lm_pair
     probe = probes[_pair_name(lm), site]
-    module = site_module(find_layers(lm)[1], site)
+    module = site_point(find_layers(lm)[1], site)
     ids = _ids(tok)
     outputs = {}
     for alpha in (0.0, 1.0, 2.5, -1.0):
@@ -291,7 +293,7 @@ def test_probe_of_another_model_is_refused(probes):
     with pytest.raises(LandscapeError, match="hidden size 48"), guide(wide, probes["llama", "residual"], alpha=1.0):
         pass
     shallow = make_model("llama", layers=2)
-    with pytest.raises(LandscapeError, match="layers below 2"), guide(shallow, probes["llama", "residual"], alpha=1.0):
+    with pytest.raises(LandscapeError, match="layers up to 2"), guide(shallow, probes["llama", "residual"], alpha=1.0):
         pass
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, make_model, make_tokenizer
+from conftest import EXAMPLES, chat_prefix, make_model, make_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +17,7 @@ from landscape.core.errors import LandscapeError
 def _ids(tokenizer, prompt, completion):
     """The token ids of a pair, rendered by hand."""
     if tokenizer.chat_template:
-        prefix = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        prefix = chat_prefix(tokenizer, prompt)
         tail = tokenizer(completion, add_special_tokens=False).input_ids
     else:
         prefix = tokenizer("").input_ids + tokenizer(prompt, add_special_tokens=False).input_ids
@@ -33,7 +33,9 @@ def _plain(lm, ids):
 @pytest.mark.parametrize("read", ["last", "mean", "tokens"])
 def test_residual_matches_plain_forward(lm_pair, read):
     lm, tok = lm_pair
-    reps = hidden_states(lm, tok, EXAMPLES, layers=[0, 1], read=read, n_tokens=5, batch_size=3, progress=False)
+    reps = hidden_states(
+        lm, tok, EXAMPLES, layers=[0, 1], site="residual", read=read, n_tokens=5, batch_size=3, progress=False
+    )
     for i, (prompt, completion, _) in enumerate(EXAMPLES):
         ids, start = _ids(tok, prompt, completion)
         states = _plain(lm, ids)
@@ -65,7 +67,9 @@ def test_pre_attn_is_the_normed_block_input(llama):
 def test_mlp_and_attention_outputs_add_up_to_the_block(lm_pair):
     lm, tok = lm_pair
     kwargs = {"layers": [1], "read": "tokens", "n_tokens": 4, "progress": False}
-    before = hidden_states(lm, tok, EXAMPLES[:3], layers=[0], read="tokens", n_tokens=4, progress=False)
+    before = hidden_states(
+        lm, tok, EXAMPLES[:3], layers=[0], site="residual", read="tokens", n_tokens=4, progress=False
+    )
     attn = hidden_states(lm, tok, EXAMPLES[:3], site="attn_out", **kwargs)
     mlp = hidden_states(lm, tok, EXAMPLES[:3], site="mlp_out", **kwargs)
     after = hidden_states(lm, tok, EXAMPLES[:3], site="residual", **kwargs)
@@ -91,7 +95,7 @@ def test_batched_equals_unbatched(llama, gpt2, subset, batch_size, read, site):
 
 def test_coordinates_and_attrs(llama):
     lm, tok = llama
-    reps = hidden_states(lm, tok, EXAMPLES, layers=[-1, 0], read="tokens", n_tokens=4, progress=False)
+    reps = hidden_states(lm, tok, EXAMPLES, layers=[-1, 0], site="residual", read="tokens", n_tokens=4, progress=False)
     assert reps.dims == ("sample", "layer", "token", "hidden")
     assert reps.layer.values.tolist() == [0, 2]
     assert reps.label.values.tolist() == [e[2] for e in EXAMPLES]
@@ -102,7 +106,7 @@ def test_coordinates_and_attrs(llama):
     # mean_norm is the mean token norm over the completion tokens read.
     enc = encode(tok, ConceptExamples([EXAMPLES[0][0]], [EXAMPLES[0][1]]), chat=True, max_completion=4)[0]
     states = _plain(lm, enc.ids)
-    first = hidden_states(lm, tok, EXAMPLES[:1], layers=[0], read="tokens", n_tokens=4, progress=False)
+    first = hidden_states(lm, tok, EXAMPLES[:1], layers=[0], site="residual", read="tokens", n_tokens=4, progress=False)
     expected = states[1][0, enc.start : enc.stop].norm(dim=-1).mean()
     assert float(first.mean_norm[0]) == pytest.approx(float(expected), rel=1e-5)
 
@@ -116,7 +120,7 @@ def test_padding_token_is_not_needed(llama):
 
 def test_raw_texts_are_read_whole(gpt2):
     lm, tok = gpt2
-    reps = hidden_states(lm, tok, ["abc def", "xy"], read="mean", n_tokens=None, progress=False)
+    reps = hidden_states(lm, tok, ["abc def", "xy"], site="residual", read="mean", n_tokens=None, progress=False)
     ids = tok("abc def").input_ids  # BOS + 7 characters
     states = _plain(lm, ids)
     np.testing.assert_allclose(reps.values[0, 0], states[1][0, 1:].mean(0).numpy(), atol=1e-5)
@@ -148,7 +152,8 @@ def test_input_forms_agree(llama, tmp_path):
     ("kwargs", "match"),
     [
         ({"examples": []}, "at least one example"),
-        ({"layers": [3]}, "layer indices in"),
+        ({"layers": [4]}, "layer indices in"),
+        ({"layers": ["last"]}, "integer layer indices"),
         ({"layers": [-4]}, "layer indices in"),
         ({"layers": []}, "at least one layer"),
         ({"site": "qkv"}, "one of"),

@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import EXAMPLES
+from conftest import EXAMPLES, chat_prefix
 
-from landscape.concepts import fit_probe, guidance_curve, guide, hidden_states, perplexity, pnes, vader_scorer
-from landscape.concepts.models import find_layers
+from landscape.concepts import (
+    find_layers,
+    fit_probe,
+    guidance_curve,
+    guide,
+    hidden_states,
+    perplexity,
+    pnes,
+    vader_scorer,
+)
 from landscape.core.errors import LandscapeError
 
 TEXTS = [("What does it do?", "It returns a list."), ("Why?", "Because the value is cached."), ("Hm", "x")]
@@ -20,7 +28,7 @@ TEXTS = [("What does it do?", "It returns a list."), ("Why?", "Because the value
 def _plain_perplexity(lm, tok, prompt, completion, hook=None):
     """One forward pass over the whole pair, cross-entropy of the completion tokens."""
     if tok.chat_template:
-        prefix = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        prefix = chat_prefix(tok, prompt)
         tail = tok(completion, add_special_tokens=False).input_ids
     else:
         prefix = tok("").input_ids + tok(prompt, add_special_tokens=False).input_ids
@@ -54,7 +62,7 @@ def test_raw_texts_are_scored_from_the_second_token(gpt2):
 
 def test_perplexity_under_new_position_guidance_steers_the_completion(llama):
     lm, tok = llama
-    probe = fit_probe(hidden_states(lm, tok, EXAMPLES, progress=False), val_fraction=0)
+    probe = fit_probe(hidden_states(lm, tok, EXAMPLES, site="residual", progress=False), val_fraction=0)
     prompt, completion = TEXTS[1]
     with guide(lm, probe, alpha=3.0, layers=[1], positions="new", preserve_norm=False) as state:
         guided = float(perplexity(lm, tok, [(prompt, completion)])[0])
@@ -63,6 +71,8 @@ def test_perplexity_under_new_position_guidance_steers_the_completion(llama):
     steer = (torch.arange(length) >= start - 1).float()
 
     def hook(module, args, out):
+        if isinstance(out, tuple):  # transformers 4.x blocks return tuples
+            return (out[0] + delta * steer[None, :, None], *out[1:])
         return out + delta * steer[None, :, None]
 
     handle = find_layers(lm)[1].register_forward_hook(hook)
@@ -172,7 +182,7 @@ def test_guidance_curve(llama, tmp_path):
         "max_new_tokens": 4,
         "progress": False,
     }
-    curve = guidance_curve(lm, tok, probe, prompts, folder=tmp_path / "run", **options)
+    curve = guidance_curve(lm, tok, probe, prompts, out=tmp_path / "run", **options)
     assert curve.alpha.values.tolist() == [-0.5, 0.0, 0.5]
     assert curve.score.dims == ("alpha", "prompt") and curve.completion.dims == ("alpha", "prompt")
     np.testing.assert_allclose(curve.effect.values, curve.score.mean("prompt").values)
@@ -182,11 +192,17 @@ def test_guidance_curve(llama, tmp_path):
     assert seen[0] == prompts
     # A second run with the same settings resumes from the files: the scorer is not called.
     seen.clear()
-    again = guidance_curve(lm, tok, probe, prompts, folder=tmp_path / "run", **options)
+    again = guidance_curve(lm, tok, probe, prompts, out=tmp_path / "run", **options)
     assert seen == []
     xr.testing.assert_equal(again.drop_attrs(), curve.drop_attrs())
     with pytest.raises(LandscapeError, match="settings differ"):
-        guidance_curve(lm, tok, probe, prompts, folder=tmp_path / "run", **{**options, "max_new_tokens": 5})
+        guidance_curve(lm, tok, probe, prompts, out=tmp_path / "run", **{**options, "max_new_tokens": 5})
+    with pytest.raises(LandscapeError, match="chat"):
+        guidance_curve(lm, tok, probe, prompts, out=tmp_path / "run", chat=False, **options)
+    settings = __import__("json").loads((tmp_path / "run" / "settings.json").read_text())
+    # One run fingerprint: the model's weights, the prompts and reference texts, and the options.
+    assert settings["analysis"] == "guidance_curve" and "sha256" in settings["model"] and settings["data"]
+    assert {"chat", "batch_size", "positions", "operation", "probe", "tokenizer"} <= set(settings["options"])
 
 
 def test_guidance_curve_with_the_probe_scorer(llama):

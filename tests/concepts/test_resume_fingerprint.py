@@ -20,7 +20,7 @@ def test_guidance_curve_folder_is_keyed_by_weights_and_chat(llama, tmp_path) -> 
         "reference_texts": [("Hi", "Hello there.")],
         "max_new_tokens": 2,
         "progress": False,
-        "folder": tmp_path,
+        "out": tmp_path,
     }
     guidance_curve(lm, tok, probe, ["How was it?"], **options)
     guidance_curve(lm, tok, probe, ["How was it?"], **options)  # same settings: resumes

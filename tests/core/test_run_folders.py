@@ -118,7 +118,7 @@ def test_an_interrupted_imp_resumes_to_the_same_bits(tiny, tmp_path, monkeypatch
     model, data = tiny
     options = {"rounds": 2, "train": TINY_TRAIN, "controls": (), "progress": False}
     uninterrupted = ls.pruning.imp(model, data, **options)
-    module = sys.modules["landscape.pruning.iterative"]
+    module = sys.modules["landscape.pruning._imp_rounds"]
     original, calls = module.train_model, []
 
     def stop_in_round_two(*args, **kwargs):

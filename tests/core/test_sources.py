@@ -229,3 +229,20 @@ def test_token_data_from_texts_and_a_loader_of_token_dicts() -> None:
         model, [model], TokenData({"data": sequences}, pad_id=0), metrics=["lm_loss"], progress=False
     )
     assert float(from_loader.lm_loss[0]) == pytest.approx(float(from_tokens.lm_loss[0]), rel=1e-5)
+
+
+def test_batches_say_which_examples_they_hold() -> None:
+    model = _zoo("mlp", 0)
+    x, y = zoo_data("mlp", n=23)
+    rows = [out.rows for out in ls.core.run_points(model, [model], (x, y), batch_size=7)]
+    assert rows == [slice(0, 7), slice(7, 14), slice(14, 21), slice(21, 23)]
+    streamed = Loader(CountingLoader(_dict_batches(x, y, 10)), memory_budget=1)
+    rows = [out.rows for out in ls.core.run_points(model, [model], streamed)]
+    assert rows == [slice(0, 10), slice(10, 20), slice(20, 23)]
+    gpt = ls.models.create("gpt", dim=16, depth=1, context=16, seed=0)
+    sequences = [[1, 2], [3, 4, 5, 6], [7, 8, 9]]
+    outs = list(ls.core.run_points(gpt, [gpt], TokenData({"data": sequences}, pad_id=0), batch_size=2))
+    assert [out.rows for out in outs] == [[1, 2], [0]]  # longest first
+    for out in outs:  # each row's targets are its own sequence
+        for j, i in enumerate(out.rows):
+            assert out.targets[j][: len(sequences[i])].tolist() == sequences[i]

@@ -29,9 +29,9 @@ def _state(shapes: list[tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
 
 def test_prunable_parameters_are_conv_and_linear_weights() -> None:
     model = ls.models.create("cnn1d", width=4, norm="batch", seed=0)
-    names = prunable_parameters(model)
+    names = prunable_parameters(model, prune_output=True)
     assert names == ["features.conv1.weight", "features.conv2.weight", "features.conv3.weight", "classifier.weight"]
-    mask = full_mask(model)
+    mask = full_mask(model, prune_output=True)
     assert list(mask) == names and all(m.dtype == torch.bool and bool(m.all()) for m in mask.values())
 
 

@@ -22,12 +22,10 @@ from landscape.core.errors import bad_argument
 from landscape.core.io import checkpoint_record, open_run, provenance_attrs, run_settings
 from landscape.core.spec import spec_of
 from landscape.core.state import State, as_state, content_hash
-from landscape.training import init_state
+from landscape.training import TrainConfig, init_state
 from landscape.training import train as train_model
 
 __all__ = ["basin_starts", "linear_basins"]
-
-DEFAULT_TRAIN: dict[str, object] = {"epochs": 10, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "batch_size": 128}
 
 
 def basin_starts(
@@ -38,7 +36,7 @@ def basin_starts(
     init: Mapping[str, Tensor] | None = None,
     steps: Sequence[int] = (),
     seed: int = 0,
-    train: Mapping[str, object] | None = None,
+    train: TrainConfig | Mapping[str, object] | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> dict[str, State]:
@@ -59,13 +57,25 @@ def basin_starts(
     seed
         Initialisation seed (when ``init`` is not given) and data order of the supervised run.
     train
-        :func:`landscape.train` options of the supervised run (default: the instability
-        default, 10 epochs of SGD).
+        The supervised run's recipe (:class:`~landscape.training.TrainConfig` or a dict of
+        its fields; default ``TrainConfig()``, 10 epochs of SGD at lr 0.05, momentum 0.9,
+        batch 128); its ``steps`` are set to the last of ``steps``, its ``data_seed``
+        defaults to ``seed``.
+    device, progress
+        Where to train; whether to show a progress bar.
 
     Returns
     -------
     dict of str to State
-        In the order init, student, supervised checkpoints.
+        In the order init, student, supervised checkpoints (on the CPU).
+
+    Examples
+    --------
+    >>> import landscape as ls
+    >>> data = ls.datasets.mnist1d(n_train=128, n_test=64)
+    >>> model = ls.models.create("mlp", width=8, depth=1, seed=0)
+    >>> list(basin_starts(model, data, steps=[2], train={"batch_size": 64}, progress=False))
+    ['init', 'supervised@2']
     """
     init_state_ = (
         as_state(init, function="basin_starts", argument="init") if init is not None else init_state(model, seed)
@@ -79,11 +89,10 @@ def basin_starts(
             raise bad_argument(
                 "basin_starts", "steps", expected="positive step counts (step 0 is `init`)", found=repr(wanted)
             )
-        options = dict(DEFAULT_TRAIN if train is None else train)
-        options.setdefault("data_seed", int(seed))
-        options["steps"] = wanted[-1]
+        config = TrainConfig.coerce(train, function="basin_starts")
+        config = config.replace(steps=wanted[-1], data_seed=int(seed) if config.data_seed is None else config.data_seed)
         run = train_model(
-            model, data, start=init_state_, checkpoint_steps=wanted, device=device, progress=progress, **options
+            model, data, config=config, start=init_state_, checkpoint_steps=wanted, device=device, progress=progress
         )
         for s in wanted:
             starts[f"supervised@{s}"] = run.checkpoints[s]
@@ -96,7 +105,7 @@ def linear_basins(
     data: object,
     *,
     seeds: Sequence[int] = (0, 1),
-    train: Mapping[str, object] | None = None,
+    train: TrainConfig | Mapping[str, object] | None = None,
     alphas: int | Sequence[float] = 11,
     kind: str = "max_minus_mean",
     threshold: float = 0.02,
@@ -119,15 +128,16 @@ def linear_basins(
     seeds
         The two children's data-order seeds.
     train
-        :func:`landscape.train` options of the children (default 10 epochs of SGD, lr 0.05,
-        momentum 0.9, batch 128).
+        The children's recipe (:class:`~landscape.training.TrainConfig` or a dict of its
+        fields; default ``TrainConfig()``: 10 epochs of SGD, lr 0.05, momentum 0.9, batch 128).
     alphas, kind, threshold, bn
         As in :func:`landscape.connectivity.instability`.
     out
         A folder: each start's result is written as it finishes and a re-run resumes; a
         folder holding a run with other settings is refused.
     device, progress
-        Where to train; progress bars.
+        Where to train and evaluate (``"auto"``: CUDA when present; results come back on the
+        CPU); progress bars.
 
     Returns
     -------
@@ -149,13 +159,13 @@ def linear_basins(
     if not isinstance(starts, Mapping) or not starts:
         raise bad_argument(fn, "starts", expected="a non-empty mapping from labels to states", found=starts)
     states = {str(k): as_state(v, function=fn, argument=f"starts[{k!r}]") for k, v in starts.items()}
-    options = dict(DEFAULT_TRAIN if train is None else train)
+    config = TrainConfig.coerce(train, function=fn)
     settings = {
         "analysis": "linear_basins",
         "model": spec_of(model) or type(model).__name__,
         "starts": {k: content_hash(v) for k, v in states.items()},
         "seeds": [int(s) for s in seeds],
-        "train": {k: options[k] for k in sorted(options)},
+        "train": config.as_dict(),
         "alphas": alphas if isinstance(alphas, int) else [float(a) for a in alphas],
         "kind": kind,
         "threshold": threshold,
@@ -186,7 +196,7 @@ def linear_basins(
                 state,
                 data,
                 seeds=seeds,
-                train=options,
+                train=config,
                 alphas=alphas,
                 kind=kind,
                 threshold=threshold,

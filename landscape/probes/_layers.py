@@ -1,21 +1,21 @@
-"""Features at named layers (forward hooks), and probes of every layer of one or more networks."""
+"""Features at named layers (through the engine), and probes of every layer of one or more networks."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from landscape.core import run_points
 from landscape.core.data import as_splits
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.io import checkpoint_record, provenance_attrs
 from landscape.core.spec import spec_of
-from landscape.core.state import State, as_state, check_compatible
-from landscape.probes.probes import PROBES, SCALINGS, probe_features
+from landscape.core.state import State, as_state, state_of
+from landscape.probes._probe import DEFAULT_SCALINGS, PROBES, check_probe_options, probe_features
 
 __all__ = ["features_at", "layerwise_probe"]
 
@@ -48,7 +48,43 @@ def _check_layers(model: nn.Module, layers: Sequence[str] | str | None, function
     return layers
 
 
-@torch.no_grad()
+def _collect(
+    model: nn.Module,
+    points: Mapping[str, State],
+    data: Mapping[str, Tensor],
+    names: Sequence[str],
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    function: str,
+) -> dict[str, dict[str, dict[str, Tensor]]]:
+    """Features at ``names`` of every point on every split, by the engine: {point: {split:
+    {layer: (examples, features) float tensor on the CPU}}}."""
+    labels = list(points)
+    unlabelled = {split: ((x,), None) for split, x in data.items()}
+    parts = {label: {split: {name: [] for name in names} for split in data} for label in labels}
+    run = run_points(
+        model,
+        dict(points),
+        unlabelled,
+        features=list(names),
+        batch_size=batch_size,
+        device=device,
+        function=function,
+    )
+    try:
+        for out in run:
+            for p, index in enumerate(out.points):
+                for name in names:
+                    parts[labels[index]][out.split][name].append(out.features[name][p].flatten(1).float().cpu())
+    finally:
+        run.close()
+    return {
+        label: {split: {name: torch.cat(chunks) for name, chunks in layers.items()} for split, layers in splits.items()}
+        for label, splits in parts.items()
+    }
+
+
 def features_at(
     model: nn.Module,
     state: Mapping[str, Tensor] | None,
@@ -59,6 +95,8 @@ def features_at(
     device: str | torch.device = "auto",
 ) -> dict[str, Tensor]:
     """Outputs of named submodules for inputs ``x``, in eval mode, flattened per example.
+
+    Runs through the engine (:func:`landscape.core.run_points` with ``features=``).
 
     Parameters
     ----------
@@ -74,7 +112,7 @@ def features_at(
     batch_size
         Examples per forward pass.
     device
-        Where to run the model.
+        Where to run the model (``"auto"``: CUDA when present).
 
     Returns
     -------
@@ -90,42 +128,11 @@ def features_at(
     {'features.act1': (5, 8), 'features': (5, 8)}
     """
     names = _check_layers(model, layers, "features_at")
-    dev = resolve_device(device, function="features_at")
-    work = copy.deepcopy(model)
-    if state is not None:
-        state = as_state(state, function="features_at")
-        check_compatible(work.state_dict(), state, function="features_at", names=("model", "state"))
-        work.load_state_dict(state)
-    work.to(dev).eval()
-    modules = dict(work.named_modules())
-    collected: dict[str, list[Tensor]] = {name: [] for name in names}
-    hooks = []
-    for name in names:
-
-        def hook(_module: nn.Module, _inputs: object, output: object, name: str = name) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            # a copy: an in-place module after this one (ReLU(inplace=True)) would change the value
-            collected[name].append(out.detach().flatten(1).to(device="cpu", dtype=torch.float32, copy=True))
-
-        hooks.append(modules[name].register_forward_hook(hook))
-    batches = 0
-    try:
-        for start in range(0, x.shape[0], batch_size):
-            work(x[start : start + batch_size].to(dev))
-            batches += 1
-    finally:
-        for h in hooks:
-            h.remove()
-    for name, parts in collected.items():
-        if len(parts) != batches:
-            raise bad_argument(
-                "features_at",
-                "layers",
-                expected="modules that run once per forward pass",
-                found=f"{name!r}, which ran {len(parts)} times in {batches} forward passes",
-                fix="Hook a module that is not reused (e.g. give each activation its own module).",
-            )
-    return {name: torch.cat(parts) for name, parts in collected.items()}
+    point = state_of(model) if state is None else as_state(state, function="features_at")
+    found = _collect(
+        model, {"net": point}, {"data": x}, names, batch_size=batch_size, device=device, function="features_at"
+    )
+    return found["net"]["data"]
 
 
 def layerwise_probe(
@@ -135,13 +142,8 @@ def layerwise_probe(
     *,
     layers: Sequence[str] | str | None = None,
     probes: Sequence[str] = PROBES,
-    scalings: Sequence[str] = SCALINGS,
-    k: int = 20,
-    epochs: int = 100,
-    lr: float = 1e-2,
-    weight_decay: float = 1e-2,
-    probe_batch_size: int = 256,
-    seed: int = 0,
+    scalings: Sequence[str] = DEFAULT_SCALINGS,
+    probe_options: Mapping[str, object] | None = None,
     batch_size: int = 1024,
     device: str | torch.device = "auto",
 ) -> xr.Dataset:
@@ -161,17 +163,24 @@ def layerwise_probe(
         :class:`~landscape.core.data.Splits` or a dict with ``train`` and ``test`` splits.
     layers
         Submodule names; default ``"features"``.
-    probes, scalings, k, epochs, lr, weight_decay, probe_batch_size, seed
-        As in :func:`~landscape.probes.probe_features` (``probe_batch_size`` is the linear
-        probe's batch size).
-    batch_size, device
-        Forward passes.
+    probes, scalings
+        As in :func:`~landscape.probes.probe_features` (default: both probes on standardised
+        features).
+    probe_options
+        Keyword options of :func:`~landscape.probes.probe_features` (``k``, ``solver``,
+        ``C``, ``tol``, ``max_iter``, ``epochs``, ``lr``, ``weight_decay``, ``batch_size``,
+        ``seed``).
+    batch_size
+        Examples per forward pass.
+    device
+        Where to run the model and the probes (``"auto"``: CUDA when present); results come
+        back on the CPU.
 
     Returns
     -------
     xarray.Dataset
-        ``accuracy`` over (``net``, ``layer``, ``probe``, ``scaling``); no ``net`` when a single
-        State (or None) is given.
+        ``accuracy`` (fractions) over (``net``, ``layer``, ``probe``, ``scaling``); no ``net``
+        when a single State (or None) is given.
 
     Examples
     --------
@@ -182,44 +191,43 @@ def layerwise_probe(
     >>> result.accuracy.dims
     ('layer', 'probe', 'scaling')
     """
-    splits, single = as_splits(data, function="layerwise_probe")
+    fn = "layerwise_probe"
+    splits, single = as_splits(data, function=fn)
     if single or "train" not in splits or "test" not in splits:
         raise bad_argument(
-            "layerwise_probe",
+            fn,
             "data",
             expected="'train' and 'test' splits (probes are fit on one and scored on the other)",
             found=f"splits {list(splits)}",
         )
-    names = _check_layers(model, layers, "layerwise_probe")
+    names = _check_layers(model, layers, fn)
+    options = check_probe_options(fn, probe_options)
+    dev = resolve_device(device, function=fn)
     nets: dict[str, State | None]
     if state is None:
         nets, named = {"net": None}, False
     elif isinstance(state, Mapping) and state and all(isinstance(v, Mapping) for v in state.values()):
-        nets = {str(k): as_state(v, function="layerwise_probe", argument=f"state[{k!r}]") for k, v in state.items()}
+        nets = {str(k): as_state(v, function=fn, argument=f"state[{k!r}]") for k, v in state.items()}
         named = True
     else:
-        nets, named = {"net": as_state(state, function="layerwise_probe")}, False
-    x_train, y_train = splits["train"]
-    x_test, y_test = splits["test"]
+        nets, named = {"net": as_state(state, function=fn)}, False
+    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
+    points = {k: state_of(model) if v is None else v for k, v in nets.items()}
+    found = _collect(
+        model, points, {"train": x_train, "test": x_test}, names, batch_size=batch_size, device=dev, function=fn
+    )
     per_net = []
-    for net_state in nets.values():
-        train_feats = features_at(model, net_state, x_train, layers=names, batch_size=batch_size, device=device)
-        test_feats = features_at(model, net_state, x_test, layers=names, batch_size=batch_size, device=device)
+    for label in nets:
         rows = [
             probe_features(
-                train_feats[name],
+                found[label]["train"][name],
                 y_train,
-                test_feats[name],
+                found[label]["test"][name],
                 y_test,
                 probes=probes,
                 scalings=scalings,
-                k=k,
-                epochs=epochs,
-                lr=lr,
-                weight_decay=weight_decay,
-                batch_size=probe_batch_size,
-                seed=seed,
-                device="cpu" if resolve_device(device).type == "cpu" else device,
+                device=dev,
+                **options,
             ).accuracy
             for name in names
         ]
@@ -231,10 +239,6 @@ def layerwise_probe(
         model=spec_of(model) or type(model).__name__,
         states={k: checkpoint_record(v) for k, v in nets.items() if v is not None},
         data=getattr(splits, "name", "data"),
-        k=k,
-        linear_epochs=epochs,
-        linear_lr=lr,
-        linear_weight_decay=weight_decay,
-        seed=seed,
+        probe_options=options,
     )
     return result

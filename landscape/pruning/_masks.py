@@ -1,8 +1,10 @@
 """Pruning masks: States of booleans (True = kept), magnitude pruning and random masks.
 
 A mask covers a chosen set of parameters (by default every convolution and linear weight, not
-biases or normalisation parameters); entries of the model that the mask does not name are never
-pruned. ``landscape.train(..., mask=mask)`` keeps the pruned weights exactly zero.
+biases or normalisation parameters, with the first and output layers as open_lth prunes them
+for the model's family, see :func:`prunable_parameters`); entries of the model that the mask
+does not name are never pruned. ``landscape.train(..., mask=mask)`` keeps the pruned weights
+exactly zero.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from landscape.core.errors import StateMismatchError, bad_argument
+from landscape.core.spec import spec_of
 from landscape.core.state import State, as_state
 
 __all__ = [
+    "OPEN_LTH_PRUNES_OUTPUT",
     "SCOPES",
     "apply_mask",
     "check_mask",
@@ -24,6 +28,7 @@ __all__ = [
     "layer_density",
     "magnitude_prune",
     "prunable_parameters",
+    "prunes_output_by_default",
     "random_mask",
     "sparsity",
 ]
@@ -32,17 +37,23 @@ SCOPES = ("global", "layer")
 _PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def prunable_parameters(model: nn.Module) -> list[str]:
-    """Names of the weights of every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` module, in model order.
+#: Whether open_lth's default lottery-ticket hyperparameters prune the output layer, per zoo
+#: family: its LeNet (``mnist_lenet``) and VGG (``cifar_vgg``) set
+#: ``pruning_layers_to_ignore='fc.weight'``, its ResNets ignore nothing. The zoo's MLP is a
+#: LeNet, its 1-D and 2-D CNNs are VGG-style; ViT and GPT have no open_lth default and keep the
+#: output layer like LeNet and VGG, as do models from outside the zoo. open_lth prunes the
+#: first layer of every family.
+OPEN_LTH_PRUNES_OUTPUT: dict[str, bool] = {
+    "mlp": False,
+    "cnn1d": False,
+    "cnn2d": False,
+    "resnet": True,
+    "vit": False,
+    "gpt": False,
+}
 
-    Examples
-    --------
-    >>> import landscape as ls
-    >>> prunable_parameters(ls.models.create("mlp", width=8, depth=1, seed=0))
-    ['features.fc1.weight', 'classifier.weight']
-    """
-    if not isinstance(model, nn.Module):
-        raise bad_argument("prunable_parameters", "model", expected="an nn.Module", found=model)
+
+def _layer_weights(model: nn.Module) -> list[str]:
     names = []
     for name, module in model.named_modules():
         if isinstance(module, _PRUNABLE_TYPES) and isinstance(getattr(module, "weight", None), nn.Parameter):
@@ -50,18 +61,81 @@ def prunable_parameters(model: nn.Module) -> list[str]:
     return names
 
 
-def full_mask(model: nn.Module, *, parameters: Iterable[str] | None = None) -> State:
-    """A mask that keeps everything, over ``parameters`` (default :func:`prunable_parameters`).
+def _output_weight(model: nn.Module, weights: list[str]) -> str:
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, _PRUNABLE_TYPES) and "classifier.weight" in weights:
+        return "classifier.weight"  # every zoo model is Classifier(features, classifier)
+    return weights[-1]
+
+
+def prunes_output_by_default(model: nn.Module) -> bool:
+    """open_lth's default for the model's family (:data:`OPEN_LTH_PRUNES_OUTPUT`; False for
+    models outside the zoo)."""
+    spec = spec_of(model)
+    return bool(OPEN_LTH_PRUNES_OUTPUT.get(spec.get("name"), False)) if spec else False
+
+
+def prunable_parameters(model: nn.Module, *, prune_first: bool = True, prune_output: bool | None = None) -> list[str]:
+    """Names of the weights of the ``nn.Linear`` and ``nn.Conv1d/2d/3d`` modules to prune, in
+    model order.
+
+    Parameters
+    ----------
+    model
+        The architecture.
+    prune_first
+        Include the first such layer (in registration order); open_lth prunes it in every
+        family (default True).
+    prune_output
+        Include the output layer (a zoo model's ``classifier``, else the last such layer).
+        Default None: open_lth's default for the model's family, :data:`OPEN_LTH_PRUNES_OUTPUT`
+        (ResNet yes; LeNet-like MLP, VGG-like CNNs, ViT, GPT and models outside the zoo no).
+
+    Examples
+    --------
+    >>> import landscape as ls
+    >>> prunable_parameters(ls.models.create("mlp", width=8, depth=1, seed=0))
+    ['features.fc1.weight']
+    >>> prunable_parameters(ls.models.create("mlp", width=8, depth=1, seed=0), prune_output=True)
+    ['features.fc1.weight', 'classifier.weight']
+    """
+    if not isinstance(model, nn.Module):
+        raise bad_argument("prunable_parameters", "model", expected="an nn.Module", found=model)
+    weights = _layer_weights(model)
+    if not weights:
+        return []
+    prune_output = prunes_output_by_default(model) if prune_output is None else bool(prune_output)
+    excluded = set()
+    if not prune_first:
+        excluded.add(weights[0])
+    if not prune_output:
+        excluded.add(_output_weight(model, weights))
+    return [name for name in weights if name not in excluded]
+
+
+def full_mask(
+    model: nn.Module,
+    *,
+    parameters: Iterable[str] | None = None,
+    prune_first: bool = True,
+    prune_output: bool | None = None,
+) -> State:
+    """A mask that keeps everything, over ``parameters`` (default :func:`prunable_parameters`
+    with ``prune_first`` and ``prune_output``).
 
     Examples
     --------
     >>> import landscape as ls
     >>> mask = full_mask(ls.models.create("mlp", width=8, depth=1, seed=0))
-    >>> sparsity(mask)
-    0.0
+    >>> sparsity(mask), list(mask)
+    (0.0, ['features.fc1.weight'])
     """
     named = dict(model.named_parameters())
-    chosen = prunable_parameters(model) if parameters is None else list(parameters)
+    chosen = (
+        prunable_parameters(model, prune_first=prune_first, prune_output=prune_output)
+        if parameters is None
+        else list(parameters)
+    )
     unknown = [k for k in chosen if k not in named]
     if unknown or not chosen:
         raise bad_argument(
@@ -69,6 +143,7 @@ def full_mask(model: nn.Module, *, parameters: Iterable[str] | None = None) -> S
             "parameters",
             expected=f"names of parameters of the model, such as {list(named)[:6]}",
             found=repr(unknown[:3] if unknown else chosen),
+            fix="A model whose only layer is both first and output needs prune_first=True or prune_output=True.",
         )
     return State(
         {k: torch.ones_like(named[k], dtype=torch.bool, device="cpu") for k in chosen},
@@ -156,7 +231,7 @@ def layer_density(mask: Mapping[str, Tensor]) -> dict[str, float]:
     return {k: int(m.sum()) / m.numel() for k, m in mask.items()}
 
 
-def _check_rate(prune_rate: float, function: str) -> float:
+def check_rate(prune_rate: float, function: str) -> float:
     rate = float(prune_rate)
     if not 0.0 < rate < 1.0:
         raise bad_argument(
@@ -218,7 +293,7 @@ def magnitude_prune(
     """
     state = as_state(state, function="magnitude_prune", argument="state")
     mask = check_mask(mask, state, function="magnitude_prune")
-    rate = _check_rate(prune_rate, "magnitude_prune")
+    rate = check_rate(prune_rate, "magnitude_prune")
     if scope not in SCOPES:
         raise bad_argument("magnitude_prune", "scope", expected=f"one of {SCOPES}", found=repr(scope))
     if scope == "layer":

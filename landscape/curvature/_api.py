@@ -10,6 +10,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from landscape.core.data import batch_slices
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument, describe
 from landscape.core.io import provenance_attrs
@@ -322,8 +323,8 @@ def density_blocks(
         steps = min(lanczos_steps, products.dim)
         itemsize = torch.finfo(products.dtype).bits // 8
         group = max(1, LANCZOS_BUDGET_BYTES // max(1, steps * products.dim * itemsize))
-        for start in range(0, probes, group):
-            indices = list(range(start, min(start + group, probes)))
+        for chunk in batch_slices(probes, group):
+            indices = list(range(chunk.start, chunk.stop))
             rows = np.stack([rademacher(seed, i, products.dim) for i in indices])
             alphas, betas, lengths = lanczos(products, torch.from_numpy(rows), steps, tick)
             for row, i in enumerate(indices):

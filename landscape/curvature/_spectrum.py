@@ -13,6 +13,7 @@ from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 from torch import Tensor
 
+from landscape.core.data import batch_slices
 from landscape.core.errors import LandscapeError
 from landscape.curvature._operators import CurvatureOperator
 from landscape.curvature._products import Products
@@ -83,8 +84,8 @@ def dense_matrix(products: Products, tick: Tick) -> np.ndarray:
     """The whole (dim x dim) matrix from products with the unit vectors, symmetrised, float64."""
     dim = products.dim
     columns = []
-    for start in range(0, dim, DENSE_CHUNK):
-        stop = min(start + DENSE_CHUNK, dim)
+    for chunk in batch_slices(dim, DENSE_CHUNK):
+        start, stop = chunk.start, chunk.stop
         eye = torch.zeros(stop - start, dim, dtype=products.dtype, device=products.device)
         eye[torch.arange(stop - start), torch.arange(start, stop)] = 1
         columns.append(products.matmat(eye).double().cpu())
@@ -114,8 +115,8 @@ def hutchinson(
     for name in blocks or {}:
         samples[name] = []
     step = products.vectors_per_call
-    for start in range(0, probes, step):
-        v = _probes(seed, range(start, min(start + step, probes)), products)
+    for chunk in batch_slices(probes, step):
+        v = _probes(seed, range(chunk.start, chunk.stop), products)
         mv = products.matmat(v)
         both = (v.double() * mv.double()).cpu()
         samples[""] += both.sum(dim=1).tolist()
@@ -211,7 +212,7 @@ def gaussian_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
     nodes, weights = nodes[keep], weights[keep]
     out = np.zeros(len(grid))
     norm = 1.0 / (sigma * np.sqrt(2 * np.pi))
-    for start in range(0, len(grid), 4096):
-        t = grid[start : start + 4096, None]
-        out[start : start + 4096] = (np.exp(-0.5 * ((t - nodes[None]) / sigma) ** 2) * weights[None]).sum(1) * norm
+    for chunk in batch_slices(len(grid), 4096):
+        t = grid[chunk, None]
+        out[chunk] = (np.exp(-0.5 * ((t - nodes[None]) / sigma) ** 2) * weights[None]).sum(1) * norm
     return out

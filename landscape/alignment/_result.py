@@ -64,6 +64,7 @@ class Alignment:
     Examples
     --------
     >>> import landscape as ls
+    >>> from landscape.alignment import align
     >>> model = ls.models.create("mlp", width=8, depth=1, seed=0)
     >>> b = ls.models.create("mlp", width=8, depth=1, seed=1)
     >>> result = align(model, model, b, method="weights", progress=False)

@@ -393,7 +393,7 @@ class SymmetryGraph:
         --------
         >>> import torch, landscape as ls
         >>> model = ls.models.create("mlp", width=4, depth=1, seed=0)
-        >>> graph = symmetry_graph(model)
+        >>> graph = ls.symmetry.symmetry_graph(model)
         >>> moved = graph.apply(ls.state_of(model), {"features.fc1": [3, 2, 1, 0]})
         >>> torch.equal(moved["features.fc1.weight"], ls.state_of(model)["features.fc1.weight"].flip(0))
         True

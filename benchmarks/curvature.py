@@ -13,7 +13,10 @@
    ``hessian(model, criterion, data=(x, y)).eigenvalues()`` (power iteration, its defaults:
    at most 100 iterations, relative tolerance 1e-3) on the same model and data, both timed
    end to end (PyHessian's set-up pass included), interleaved A B A B, median of
-   ``--repeats``; each repeat draws a new start vector for both.
+   ``--repeats``; each repeat draws a new start vector for both. PyHessian's defaults stop
+   when the eigenvalue changes by less than 1e-3 between iterations, which leaves it a few
+   1e-3 below the eigenvalue; a third row runs it to a change of 1e-6 (matched accuracy).
+   Errors are against ARPACK run to a residual bound of 1e-9.
 
 PyHessian is optional (``pip install pyhessian``): without it, part 2 is skipped with a
 message. Its ``density`` uses ``torch.eig``, which recent torch removed, so only its
@@ -108,11 +111,16 @@ def speed(repeats: int, threads: int) -> None:
     pyhessian_module.hessian_vector_product = counting
     criterion = torch.nn.CrossEntropyLoss()
 
-    def run_pyhessian(seed: int) -> tuple[float, int]:
+    def run_pyhessian(seed: int, **options: object) -> tuple[float, int]:
         torch.manual_seed(seed)
         counted["products"] = 0
-        values, _ = pyhessian.hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(top_n=1)
+        values, _ = pyhessian.hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(top_n=1, **options)
         return float(values[0]), counted["products"]
+
+    def run_pyhessian_matched(seed: int) -> tuple[float, int]:
+        # Power iteration stopped at a relative change of 1e-6: about the accuracy ARPACK's
+        # residual bound gives (its defaults stop at 1e-3 change, a few 1e-3 from the eigenvalue).
+        return run_pyhessian(seed, maxIter=1000, tol=1e-6)
 
     def run_landscape(seed: int) -> tuple[float, int]:
         ds = hessian_eigenvalues(model, state, (x, y), k=1, seed=seed, device="cpu", progress=False)
@@ -120,10 +128,11 @@ def speed(repeats: int, threads: int) -> None:
 
     run_landscape(0)  # warm-up: the first torch.func call imports torch._dynamo
     run_pyhessian(0)
-    times: dict[str, list[float]] = {"landscape": [], "pyhessian": []}
-    results: dict[str, list[tuple[float, int]]] = {"landscape": [], "pyhessian": []}
+    runs = {"landscape": run_landscape, "pyhessian": run_pyhessian, "pyhessian_matched": run_pyhessian_matched}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in runs}
     for r in range(repeats):
-        for name, fn in (("landscape", run_landscape), ("pyhessian", run_pyhessian)):
+        for name, fn in runs.items():
             start = time.perf_counter()
             results[name].append(fn(r + 1))
             times[name].append(time.perf_counter() - start)
@@ -131,23 +140,28 @@ def speed(repeats: int, threads: int) -> None:
         f"\n2. top eigenvalue, MLP 64-1024-1024-10 ({n_params:,} parameters), 1,000 digits examples, {threads} thread(s)"
     )
     print(f"   median of {repeats} interleaved repeats")
-    print("   | | time | products | top eigenvalue (median) |")
-    print("   | --- | --- | --- | --- |")
-    for name in ("landscape", "pyhessian"):
+    # The reference: ARPACK at a residual bound of 1e-9 (eigenvalue converged to float32 rounding).
+    exact = float(hessian_eigenvalues(model, state, (x, y), k=1, tol=1e-9, device="cpu", progress=False).eigenvalues[0])
+    print(f"   reference top eigenvalue (ARPACK, tol=1e-9): {exact:.6f}")
+    print("   | | time | products | top eigenvalue (median) | largest relative error |")
+    print("   | --- | --- | --- | --- | --- |")
+    labels = {
+        "landscape": "`hessian_eigenvalues(k=1)` (default tol=1e-3)",
+        "pyhessian": "PyHessian `eigenvalues()` (defaults: tol=1e-3, maxIter=100)",
+        "pyhessian_matched": "PyHessian `eigenvalues(tol=1e-6, maxIter=1000)`",
+    }
+    for name, label in labels.items():
         values = [v for v, _ in results[name]]
         products = [p for _, p in results[name]]
-        label = "`hessian_eigenvalues(k=1)`" if name == "landscape" else "PyHessian `eigenvalues()`"
+        worst = max(abs(v - exact) / abs(exact) for v in values)
         print(
             f"   | {label} | {statistics.median(times[name]):.2f} s | {statistics.median(products):.0f} "
-            f"({min(products)}-{max(products)}) | {statistics.median(values):.6f} |"
+            f"({min(products)}-{max(products)}) | {statistics.median(values):.6f} | {worst:.1e} |"
         )
-    ratio = statistics.median(times["pyhessian"]) / statistics.median(times["landscape"])
-    ours, theirs = (
-        statistics.median(v for v, _ in results["landscape"]),
-        statistics.median(v for v, _ in results["pyhessian"]),
-    )
+    ours = statistics.median(times["landscape"])
     print(
-        f"   speedup over PyHessian: {ratio:.2f}x; eigenvalues agree to {abs(ours - theirs) / abs(theirs):.1e} relative"
+        f"   speedup over PyHessian: {statistics.median(times['pyhessian']) / ours:.2f}x at its defaults, "
+        f"{statistics.median(times['pyhessian_matched']) / ours:.2f}x at matched accuracy"
     )
     pyhessian_module.hessian_vector_product = original
 

@@ -232,54 +232,91 @@ def evaluate_table(device: torch.device, tiny: bool, repeats: int) -> list[dict[
 # -- training --------------------------------------------------------------------------
 def train_table(device: torch.device, tiny: bool, repeats: int) -> list[dict[str, object]]:
     """landscape.train against the plain loop: the same model, data order, optimizer, batch size
-    and steps; the first run of each (CUDA warm-up, allocator) is not timed."""
+    and steps; the first run of each (CUDA warm-up, allocator) is not timed. Two cases: a
+    CIFAR-shaped ResNet-20 (compute-bound) and an MLP 784-256-256-10 (launch-bound: per-step
+    overhead and host synchronisation show there first). On the CPU (not tiny) the ResNet is a
+    ResNet-8 of width 8 on 16x16 images and the runs are 300 steps, so that the table takes
+    minutes, not hours."""
     g = torch.Generator().manual_seed(0)
-    image = (3, 8, 8) if tiny else (3, 32, 32)
-    n, steps, batch = (256, 8, 32) if tiny else (10_240, 200, 128)
-    x, y = torch.randn(n, *image, generator=g), torch.randint(0, 10, (n,), generator=g)
-    blocks = (1, 1, 1) if tiny else (3, 3, 3)
-    model = ls.models.create("resnet", seed=0, input_shape=image, blocks=blocks, base_width=4 if tiny else 16)
+    small = tiny or device.type == "cpu"
+    image = (3, 8, 8) if tiny else (3, 16, 16) if small else (3, 32, 32)
+    n, steps, batch = (256, 8, 32) if tiny else (10_240, 300, 128) if small else (10_240, 200, 128)
+    cases = {
+        "resnet": (
+            ls.models.create(
+                "resnet",
+                seed=0,
+                input_shape=image,
+                blocks=(1, 1, 1) if small else (3, 3, 3),
+                base_width=4 if tiny else 8 if small else 16,
+            ),
+            torch.randn(n, *image, generator=g),
+        ),
+        "mlp 784-256-256-10": (
+            ls.models.create("mlp", seed=0, input_shape=(1, 28, 28), width=256, depth=2),
+            torch.randn(n, 1, 28, 28, generator=g),
+        ),
+    }
+    y = torch.randint(0, 10, (n,), generator=g)
+    rows = []
+    for case, (model, x) in cases.items():
 
-    def plain() -> None:
-        work = copy.deepcopy(model).to(device).train()
-        opt = torch.optim.SGD(work.parameters(), lr=0.05, momentum=0.9)
-        xs, ys = x.to(device), y.to(device)
-        order_gen = torch.Generator().manual_seed(0)
-        step = 0
-        while step < steps:
-            order = torch.randperm(n, generator=order_gen).to(device)
-            for s in ls.core.batch_slices(n, batch):
-                if step >= steps:
-                    break
-                idx = order[s]
-                loss = torch.nn.functional.cross_entropy(work(xs[idx]), ys[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
+        def plain(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
+            work = copy.deepcopy(model).to(device).train()
+            opt = torch.optim.SGD(work.parameters(), lr=0.05, momentum=0.9)
+            xs, ys = x.to(device), y.to(device)
+            order_gen = torch.Generator().manual_seed(0)
+            step = 0
+            while step < steps:
+                order = torch.randperm(n, generator=order_gen).to(device)
+                for s in ls.core.batch_slices(n, batch):
+                    if step >= steps:
+                        break
+                    idx = order[s]
+                    loss = torch.nn.functional.cross_entropy(work(xs[idx]), ys[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step += 1
 
-    def ours() -> None:
-        ls.train(model, (x, y), steps=steps, batch_size=batch, optimizer="sgd", lr=0.05, device=device, progress=False)
+        def ours(model: torch.nn.Module = model, x: torch.Tensor = x, precision: str = "float32") -> None:
+            ls.train(
+                model,
+                (x, y),
+                steps=steps,
+                batch_size=batch,
+                optimizer="sgd",
+                lr=0.05,
+                precision=precision,
+                device=device,
+                progress=False,
+            )
 
-    runs = {"plain PyTorch loop": plain, "landscape.train": ours}
-    for fn in runs.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(repeats):
-        for label, fn in runs.items():
-            times[label].append(timed(fn, device))
-    base = statistics.median(times["plain PyTorch loop"])
-    return [
-        {
-            "variant": label,
-            "steps": steps,
-            "batch": batch,
-            "seconds": statistics.median(ts),
-            "steps_per_s": steps / statistics.median(ts),
-            "relative": base / statistics.median(ts),
+        runs = {
+            "plain PyTorch loop": plain,
+            "landscape.train": ours,
+            "landscape.train bf16": lambda model=model, x=x: ours(model, x, "bfloat16"),
         }
-        for label, ts in times.items()
-    ]
+        for fn in runs.values():
+            fn()  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(repeats):
+            for label, fn in runs.items():
+                times[label].append(timed(fn, device))
+        base = statistics.median(times["plain PyTorch loop"])
+        rows += [
+            {
+                "case": case,
+                "variant": label,
+                "steps": steps,
+                "batch": batch,
+                "seconds": statistics.median(ts),
+                "steps_per_s": steps / statistics.median(ts),
+                "relative": base / statistics.median(ts),
+            }
+            for label, ts in times.items()
+        ]
+    return rows
 
 
 def main() -> None:
@@ -288,6 +325,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny cases, for a smoke run on the CPU")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; tiny 1)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--only", choices=("all", "evaluate", "train"), default="all", help="run one of the two tables (default: both)"
+    )
     args = parser.parse_args()
     ls.set_num_threads(args.threads)
     device = ls.core.resolve_device(args.device, function="benchmarks/gpu.py")
@@ -295,40 +335,47 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device {device} ({name}), torch {torch.__version__}, repeats {repeats}{' (tiny)' if args.tiny else ''}\n")
 
-    n = 512 if args.tiny else 8192
-    rates = {"float32": matmul_rate(device, torch.float32, n)}
-    if device.type == "cuda":
-        rates["tf32"] = matmul_rate(device, torch.float32, n, tf32=True)
-    rates["bfloat16"] = matmul_rate(device, torch.bfloat16, n)
-    gbs = bandwidth(device, 2**20 if args.tiny else 2**28)
-    print(
-        "matmul TFLOP/s: " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()) + f"; copy bandwidth {gbs:.0f} GB/s\n"
-    )
-
-    header = (
-        f"{'case':32s} {'K':>4s} {'N':>6s} {'variant':>10s} {'strategy':>8s} {'seconds':>9s} "
-        f"{'vs loop':>8s} {'TFLOP/s':>8s} {'max rel diff':>12s}"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in evaluate_table(device, args.tiny, repeats):
-        if "skipped" in row:
-            print(f"{row['case']:32s} {'':>4s} {'':>6s} {row['variant']:>10s}  skipped: {row['skipped']}")
-            continue
-        diff = f"{row['max_rel_diff']:12.1e}" if "max_rel_diff" in row else f"{'':>12s}"
+    if args.only in ("all", "evaluate"):
+        n = 512 if args.tiny else 8192
+        rates = {"float32": matmul_rate(device, torch.float32, n)}
+        if device.type == "cuda":
+            rates["tf32"] = matmul_rate(device, torch.float32, n, tf32=True)
+        rates["bfloat16"] = matmul_rate(device, torch.bfloat16, n)
+        gbs = bandwidth(device, 2**20 if args.tiny else 2**28)
         print(
-            f"{row['case']:32s} {row['K']:4d} {row['N']:6d} {row['variant']:>10s} {row.get('strategy', ''):>8s} "
-            f"{row['seconds']:9.4f} {row['speedup']:7.2f}x {row['tflops']:8.3f} {diff}",
-            flush=True,
+            "matmul TFLOP/s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in rates.items())
+            + f"; copy bandwidth {gbs:.0f} GB/s\n"
         )
 
+        header = (
+            f"{'case':32s} {'K':>4s} {'N':>6s} {'variant':>10s} {'strategy':>8s} {'seconds':>9s} "
+            f"{'vs loop':>8s} {'TFLOP/s':>8s} {'max rel diff':>12s}"
+        )
+        print(header)
+        print("-" * len(header))
+        for row in evaluate_table(device, args.tiny, repeats):
+            if "skipped" in row:
+                print(f"{row['case']:32s} {'':>4s} {'':>6s} {row['variant']:>10s}  skipped: {row['skipped']}")
+                continue
+            diff = f"{row['max_rel_diff']:12.1e}" if "max_rel_diff" in row else f"{'':>12s}"
+            print(
+                f"{row['case']:32s} {row['K']:4d} {row['N']:6d} {row['variant']:>10s} {row.get('strategy', ''):>8s} "
+                f"{row['seconds']:9.4f} {row['speedup']:7.2f}x {row['tflops']:8.3f} {diff}",
+                flush=True,
+            )
+
+    if args.only == "evaluate":
+        return
     print()
-    header = f"{'training (resnet)':24s} {'steps':>6s} {'batch':>6s} {'seconds':>9s} {'steps/s':>8s} {'vs plain':>8s}"
+    header = (
+        f"{'training':20s} {'variant':22s} {'steps':>6s} {'batch':>6s} {'seconds':>9s} {'steps/s':>8s} {'vs plain':>8s}"
+    )
     print(header)
     print("-" * len(header))
     for row in train_table(device, args.tiny, repeats):
         print(
-            f"{row['variant']:24s} {row['steps']:6d} {row['batch']:6d} {row['seconds']:9.3f} "
+            f"{row['case']:20s} {row['variant']:22s} {row['steps']:6d} {row['batch']:6d} {row['seconds']:9.3f} "
             f"{row['steps_per_s']:8.1f} {row['relative']:7.2f}x"
         )
 

@@ -7,23 +7,25 @@ keeps pruned weights exactly zero through every optimiser step (lottery tickets)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 
-from landscape.core.data import as_splits
+from landscape.core._run import PRECISIONS, precision_scope
+from landscape.core.data import as_splits, batch_slices
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.io import provenance_attrs
-from landscape.core.metrics import accuracy as accuracy_metric
-from landscape.core.metrics import loss as loss_metric
 from landscape.core.metrics import model_output_logits
 from landscape.core.progress import progress_bar
 from landscape.core.state import State, as_state, check_compatible, state_of
@@ -70,6 +72,7 @@ _FIELD_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "batch_size": (_positive_int, "a positive integer"),
     "data_seed": (lambda v: v is None or _non_negative_int(v), "None or a non-negative integer seed"),
     "eval_every": (lambda v: v is None or _positive_int(v), "None or a positive number of steps"),
+    "precision": (lambda v: v in PRECISIONS, f"one of {PRECISIONS}"),
 }
 
 
@@ -115,6 +118,11 @@ class TrainConfig:
         ``instability``, which therefore refuses one).
     eval_every : int or None
         Evaluate on the ``test`` split every this many steps (None: every epoch).
+    precision : str
+        ``"float32"`` (default; on CUDA with TF32 off), ``"tf32"`` (TF32 matrix products on
+        CUDA; float32 elsewhere) or ``"bfloat16"`` (autocast of the forward pass and the loss;
+        weights, gradients and optimiser state stay float32). The test-split evaluations run
+        in float32 whatever the training precision.
 
     Examples
     --------
@@ -138,6 +146,7 @@ class TrainConfig:
     batch_size: int = 128
     data_seed: int | None = None
     eval_every: int | None = None
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         _check_fields(self.as_dict(), function="TrainConfig")
@@ -326,6 +335,16 @@ def _resolve_config(config: TrainConfig | None, overrides: Mapping[str, object])
     return (config or TrainConfig()).replace(**overrides)
 
 
+def _mean_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over examples (and positions, for sequence outputs), in one fused
+    kernel: :func:`landscape.core.metrics.loss` per example and then a mean costs an extra
+    kernel and graph node per step, which a small model notices."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    if flat.dtype in (torch.float16, torch.bfloat16):  # half precision loses too much in log-softmax
+        flat = flat.float()
+    return F.cross_entropy(flat, targets.reshape(-1))
+
+
 def train(
     model: nn.Module,
     data: object,
@@ -348,6 +367,7 @@ def train(
     mask: Mapping[str, Tensor] | None = None,
     loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     eval_every: int | None = None,
+    precision: str | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> TrainResult:
@@ -364,14 +384,14 @@ def train(
     config
         The recipe (:class:`TrainConfig`; default ``TrainConfig()``: 10 epochs of SGD at lr
         0.05, momentum 0.9, batch size 128).
-    epochs, steps, optimizer, lr, momentum, weight_decay, schedule, warmup, batch_size, data_seed, eval_every
+    epochs, steps, optimizer, lr, momentum, weight_decay, schedule, warmup, batch_size, data_seed, eval_every, precision
         Fields of :class:`TrainConfig`; each one given overrides the field of ``config``.
         ``steps`` (optimiser steps) overrides ``epochs``; ``"sgd"`` uses ``momentum``;
         ``schedule`` is ``"constant"``, ``"cosine"`` or ``"linear"`` decay after ``warmup``
         linear warm-up steps; the last batch of an epoch may be smaller; ``data_seed`` (default
         0) seeds the data order and dropout, independently of the initialisation;
         ``eval_every`` evaluates on the ``test`` split every this many steps (default: every
-        epoch).
+        epoch); ``precision`` is ``"float32"``, ``"tf32"`` or ``"bfloat16"`` (autocast).
     init_seed
         Re-initialise the weights from this seed (see :func:`init_state`).
     start
@@ -428,6 +448,7 @@ def train(
         "batch_size": batch_size,
         "data_seed": data_seed,
         "eval_every": eval_every,
+        "precision": precision,
     }
     recipe = _resolve_config(config, {k: v for k, v in overrides.items() if v is not None})
     optimizer, lr, momentum, weight_decay = recipe.optimizer, recipe.lr, recipe.momentum, recipe.weight_decay
@@ -465,7 +486,7 @@ def train(
             params[k].mul_(m.to(device))
     masks = {k: m.to(device) for k, m in masks.items()}
     opt = _optimizer(optimizer, work.parameters(), lr, momentum, weight_decay)
-    loss_fn = loss or (lambda logits, y: loss_metric(logits, y).mean())
+    loss_fn = loss or _mean_cross_entropy
 
     dtype = next((p.dtype for p in work.parameters() if p.is_floating_point()), torch.float32)
     x_train = x_train.to(device=device, dtype=dtype) if x_train.is_floating_point() else x_train.to(device)
@@ -477,7 +498,10 @@ def train(
         torch.randperm(n, generator=order_gen)
     skip_batches = resume_step % per_epoch
     checkpoints: dict[int, State] = {}
-    losses, accs, lrs = np.zeros(total), np.zeros(total), np.zeros(total)
+    # Per-step loss and accuracy stay on the device until the end: reading them per step would
+    # wait for the device at every step (a host synchronisation that stalls a GPU's queue).
+    losses = torch.zeros(total, device=device, dtype=torch.float32)
+    lrs = np.zeros(total)
     eval_steps: list[int] = []
     eval_loss: list[float] = []
     eval_acc: list[float] = []
@@ -496,45 +520,49 @@ def train(
 
     def evaluate_test(step: int) -> None:
         assert eval_pair is not None
-        work.eval()
-        with torch.no_grad():
-            total_loss = total_acc = 0.0
-            x, y = eval_pair
-            for s in range(0, x.shape[0], 1024):
-                xb = x[s : s + 1024].to(device)
-                logits = model_output_logits(work(xb.to(dtype) if xb.is_floating_point() else xb))
-                yb = y[s : s + 1024].to(device)
-                total_loss += float(loss_metric(logits, yb).sum())
-                total_acc += float(accuracy_metric(logits, yb).sum())
-        work.train()
+        from landscape.core.evaluate import evaluate
+
+        # Through the engine, at the current weights (BatchNorm's running statistics as they are).
+        done = evaluate(work, state_of(work), {"test": eval_pair}, device=device, progress=False)
         eval_steps.append(step)
-        eval_loss.append(total_loss / x.shape[0])
-        eval_acc.append(total_acc / x.shape[0])
+        eval_loss.append(float(done.loss.sel(split="test").isel(point=0)))
+        eval_acc.append(float(done.accuracy.sel(split="test").isel(point=0)))
 
     if 0 in wanted:
         checkpoints[0] = snapshot(0)
     step = 0
     # Dropout draws from torch's global generator: seed it from the data seed, and restore it after.
+    # TF32 flags are set once for the run; autocast (bfloat16) wraps each forward pass and loss.
+    autocast = recipe.precision == "bfloat16"
+    flags = "float32" if autocast else recipe.precision
+    keep = set(wanted)
+    current_rate = None
+    correct = torch.zeros(total, device=device, dtype=torch.int64)
+    sizes = np.zeros(total)
     with (
         torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        precision_scope(flags, device),
         progress_bar(total=total, desc="train", unit="step", disable=not progress) as bar,
     ):
         torch.manual_seed(int(data_seed) + 1)
         while step < total:
             order = torch.randperm(n, generator=order_gen).to(device)
-            for start_idx in range(skip_batches * batch_size, n, batch_size):
+            for batch in itertools.islice(batch_slices(n, batch_size), skip_batches, None):
                 if step >= total:
                     break
-                idx = order[start_idx : start_idx + batch_size]
+                idx = order[batch]
                 xb, yb = x_train[idx], y_train[idx]
                 rate = lr_at(resume_step + step, resume_step + total, lr=lr, schedule=schedule, warmup=warmup)
-                for group in opt.param_groups:
-                    group["lr"] = rate
-                logits = model_output_logits(work(xb))
-                if step == 0 and loss is None:  # the logits' width is the class count cross-entropy needs
-                    for labels in (y_train, *(() if eval_pair is None else (eval_pair[1],))):
-                        check_class_labels(labels, logits.shape[-1], function="train", argument="data")
-                value = loss_fn(logits, yb)
+                if rate != current_rate:
+                    for group in opt.param_groups:
+                        group["lr"] = rate
+                    current_rate = rate
+                with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                    logits = model_output_logits(work(xb))
+                    if step == 0 and loss is None:  # the logits' width is the class count cross-entropy needs
+                        for labels in (y_train, *(() if eval_pair is None else (eval_pair[1],))):
+                            check_class_labels(labels, logits.shape[-1], function="train", argument="data")
+                    value = loss_fn(logits, yb)
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 if masks:
@@ -546,20 +574,21 @@ def train(
                     with torch.no_grad():
                         for k, m in masks.items():
                             params[k].mul_(m)
-                losses[step] = float(value.detach())
-                accs[step] = float(accuracy_metric(logits.detach(), yb).mean())
+                losses[step] = value.detach()
+                correct[step] = (logits.detach().argmax(dim=-1) == yb).sum()
+                sizes[step] = yb.numel()
                 lrs[step] = rate
                 step += 1
                 bar.update(1)
-                if step in wanted:
+                if step in keep:
                     checkpoints[step] = snapshot(step)
                 if eval_pair is not None and (step % eval_every == 0 or step == total):
                     evaluate_test(step)
             skip_batches = 0
     history = xr.Dataset(
         {
-            "loss": (("step",), losses),
-            "accuracy": (("step",), accs),
+            "loss": (("step",), losses.cpu().double().numpy()),
+            "accuracy": (("step",), correct.cpu().double().numpy() / sizes),
             "lr": (("step",), lrs),
         },
         coords={"step": np.arange(1, total + 1)},
@@ -579,6 +608,7 @@ def train(
         schedule=schedule,
         warmup=warmup,
         batch_size=batch_size,
+        precision=recipe.precision,
         steps=total,
         init_seed=init_seed,
         data_seed=data_seed,

@@ -71,24 +71,32 @@ def _prefers_channels_last(model: nn.Module, sample: Batch) -> bool:
     return images and sample.args[0].is_floating_point() and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def _precision_context(precision: str, device: torch.device):
-    """A factory of the context every forward pass runs in: no autograd, and the precision.
+@contextlib.contextmanager
+def precision_scope(precision: str, device: torch.device) -> Iterator[None]:
+    """Run the block in ``precision`` (one of :data:`PRECISIONS`) on ``device``; autograd is
+    left as it is, so training uses it too.
 
     On CUDA, float32 turns TF32 off for matrix products and convolutions (cuDNN allows TF32
-    convolutions by default, which changes results in the fourth digit), and tf32 turns it on.
+    convolutions by default, which changes results in the fourth digit), and tf32 turns it on;
+    bfloat16 is autocast (reductions such as losses stay in float32).
     """
+    with contextlib.ExitStack() as stack:
+        if precision == "bfloat16":
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+        if device.type == "cuda":
+            allow = precision == "tf32"
+            saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
+            stack.callback(_restore_tf32, saved)
+        yield
+
+
+def _precision_context(precision: str, device: torch.device):
+    """A factory of the context every forward pass runs in: no autograd, and the precision."""
 
     @contextlib.contextmanager
     def context() -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.no_grad())
-            if precision == "bfloat16":
-                stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
-            if device.type == "cuda":
-                allow = precision == "tf32"
-                saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
-                stack.callback(_restore_tf32, saved)
+        with torch.no_grad(), precision_scope(precision, device):
             yield
 
     return context

@@ -39,7 +39,9 @@ def resolve_device(device: str | torch.device | None = "auto", *, function: str 
 
 
 def set_num_threads(threads: int | None) -> None:
-    """Set torch's intra-op thread count (None leaves it alone).
+    """Set torch's intra-op thread count, and the thread pools of the BLAS and OpenMP
+    libraries numpy and scipy use (ARPACK's Lanczos, least squares, k-means), to ``threads``
+    (None leaves them alone).
 
     On small shared machines, fewer threads than cores often run faster: oversubscription
     costs more than it gives.
@@ -49,3 +51,6 @@ def set_num_threads(threads: int | None) -> None:
     if not isinstance(threads, int) or threads < 1:
         raise bad_argument("set_num_threads", "threads", expected="a positive integer", found=repr(threads))
     torch.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    threadpool_limits(limits=threads)

@@ -12,10 +12,10 @@ from torch import nn
 
 from landscape.core.errors import bad_argument, describe
 from landscape.core.family import AffineFamily, as_family
-from landscape.core.io import ResumableRun
+from landscape.core.io import open_run, run_settings
 from landscape.core.metrics import Metric
 from landscape.core.progress import progress_bar
-from landscape.core.state import State, content_hash
+from landscape.core.state import State
 from landscape.core.tied import canonical_state, tied_groups
 from landscape.curvature._api import (
     DEFAULT_TOL,
@@ -110,23 +110,31 @@ def _settings(
     blocks: dict[str, list[str]] | None,
     options: dict[str, object],
 ) -> dict[str, object]:
-    """Everything that changes the numbers, for a resumed run to check against."""
-    return {
-        "function": "curvature",
-        "model": setup.model_description,
-        "points": [content_hash(s) for s in family.basis],
-        "weights": family.weights.tolist(),
-        "dims": list(family.dims),
-        "data": {**setup.data_attrs(), "sha256": content_hash({"x": setup.x, "y": setup.y})},
-        "bn_data": content_hash({"x": setup.bn_inputs}) if setup.bn_inputs is not None else None,
-        "matrix": setup.matrix,
-        "loss": loss_name(setup),
-        "bn": setup.bn,
-        "bn_batch_size": setup.bn_batch_size,
-        "statistics": list(statistics),
-        "blocks": blocks,
-        **options,
-    }
+    """The run fingerprint (:func:`landscape.core.io.run_settings`): everything that changes
+    the numbers, for a resumed run to check against."""
+    data = {"x": setup.x, "y": setup.y}
+    if setup.bn_inputs is not None:
+        data["bn_inputs"] = setup.bn_inputs
+    return run_settings(
+        "curvature",
+        model=setup.model,
+        states={f"basis-{i}": state for i, state in enumerate(family.basis)},
+        data=data,
+        options={
+            "weights": family.weights.tolist(),
+            "dims": list(family.dims),
+            "split": setup.data_attrs(),
+            "matrix": setup.matrix,
+            "loss": loss_name(setup),
+            "bn": setup.bn,
+            "bn_batch_size": setup.bn_batch_size,
+            # the batches split the sums over examples: other batches change the last bits
+            "batch_size": setup.batch_size,
+            "statistics": list(statistics),
+            "blocks": blocks,
+            **options,
+        },
+    )
 
 
 def curvature(
@@ -239,12 +247,12 @@ def curvature(
     )
     blocks_resolved = resolve_blocks(setup, blocks)
     options = {"k": k, "which": which, "probes": probes, "tol": tol, "maxiter": maxiter, "seed": seed}
-    run = None
-    if out is not None:
-        settings = _settings(setup, family, chosen_statistics, blocks_resolved, options)
-        run = ResumableRun(out, {**settings, "batch_size": setup.batch_size}, function=function)
+    settings = _settings(setup, family, chosen_statistics, blocks_resolved, options) if out is not None else None
     results: list[xr.Dataset] = []
-    with progress_bar(total=len(family), desc=function, unit="point", disable=not progress) as bar:
+    with (
+        open_run(out, settings, function=function) as run,
+        progress_bar(total=len(family), desc=function, unit="point", disable=not progress) as bar,
+    ):
         for i in range(len(family)):
             step = f"point-{i:06d}"
             if run is not None and run.done(step):

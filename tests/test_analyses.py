@@ -138,3 +138,26 @@ def test_fusion_family_quick_has_every_result(tmp_path: Path, monkeypatch: pytes
     assert values.size > 70 and ((values >= 0) & (values <= 1)).all()
     table = (out / "table.md").read_text()
     assert "| prune 50% fuse |" in table and "± 0.000" in table
+
+
+def test_transformer_lmc_at_tiny_settings_has_every_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    import landscape as ls
+
+    monkeypatch.setenv("LANDSCAPE_TINY", "1")
+    out = tmp_path / "tlmc"
+    _run("transformer_lmc.py", ["--out", str(out), "--threads", "1"], monkeypatch)
+    combined = ls.load_result(out / "combined.nc")
+    assert set(combined.task.values) == {"vit", "gpt"}
+    assert list(combined.alignment.values)[:4] == ["vanilla", "permutation", "orthogonal", "glmc"]
+    assert {"alpha", "split", "alignment", "pair"} <= set(combined.accuracy.dims)
+    accuracy = combined.accuracy.values
+    assert np.all((accuracy[np.isfinite(accuracy)] >= 0) & (accuracy[np.isfinite(accuracy)] <= 1))
+    # every alignment keeps b's function: the far end of each path is b itself
+    ends = combined.accuracy.sel(split="test").isel(alpha=-1)
+    assert np.allclose(ends.sel(task="vit"), ends.sel(task="vit", alignment="vanilla"), atol=1e-6)
+    fused = combined.fusion_accuracy.sel(task="vit")
+    assert "GLMC fusion + fine-tune" in list(fused.fusion.values) and np.all((fused >= 0) & (fused <= 1))
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    assert {r["task"] for r in rows} == {"vit", "gpt", "vit fusion"} and len(rows) == 2 * 7 + 7

@@ -6,13 +6,14 @@ import argparse
 
 from landscape.commands.common import add_data_options, add_run_options, load_data, model_for, output_path
 
-METHODS = ("weights", "activations", "ot", "sinkhorn")
+METHODS = ("weights", "activations", "learned", "ot", "sinkhorn")
+KINDS = ("permutation", "orthogonal", "invertible", "max")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     align = subparsers.add_parser(
         "align",
-        help="permute B's hidden units to match A (weight/activation matching, optimal transport)",
+        help="map B's hidden units onto A's (permutations, orthogonal and invertible maps, optimal transport)",
         description="Align checkpoint B to checkpoint A and save the aligned B. The model's symmetries are "
         "found by tracing it; no description of the architecture is needed.",
     )
@@ -23,8 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--method",
         default="weights",
         choices=METHODS,
-        help="weight matching, activation matching, exact or entropic (Sinkhorn) optimal transport",
+        help="weight matching, activation matching, learned (weight matching refined on the loss of the "
+        "networks between A and B), exact or entropic (Sinkhorn) optimal transport",
     )
+    align.add_argument(
+        "--kinds",
+        default=None,
+        choices=KINDS,
+        help="widest maps to solve for (default: max for matching, permutation for transport)",
+    )
+    align.add_argument("--epochs", type=int, default=3, help="epochs of the learned refinement")
     align.add_argument(
         "--on",
         default=None,
@@ -87,6 +96,8 @@ def run_align(args: argparse.Namespace) -> int:
         a,
         b,
         method=args.method,
+        kinds=args.kinds,
+        epochs=args.epochs,
         data=data,
         on=args.on,
         reg=args.reg,
@@ -94,6 +105,7 @@ def run_align(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_iter=args.max_iter,
         batch_size=args.batch_size or 1024,
+        device=args.device,
         progress=not args.quiet,
     )
     aligned = result.apply(b)
@@ -107,7 +119,8 @@ def run_align(args: argparse.Namespace) -> int:
     report = result.to_dataset()
     for g, grp in result.graph.groups.items():
         moved = report["moved"].sel(group=g).item()
-        print(f"  {g:40s} {grp.size:5d} units, {grp.kind:12s} moved {moved:g}")
+        solved = report["solved"].sel(group=g).item()
+        print(f"  {g:40s} {grp.size:5d} units, allows {grp.kind:12s} map {solved:12s} moved {moved:g}")
     if args.report:
         print(f"wrote {ls.save_result(report, output_path(args.report))}")
     if args.curves:
@@ -186,14 +199,16 @@ def run_fuse(args: argparse.Namespace) -> int:
             for i, s in enumerate(states[1:], start=2):
                 average = lerp(average, s, 1.0 / i)
             named["vanilla average"] = average
-        accuracy = ls.evaluate(model, named, test, metrics="accuracy", progress=False).accuracy
+        accuracy = ls.evaluate(model, named, test, metrics="accuracy", device=args.device, progress=False).accuracy
         rows = [(str(name), float(acc)) for name, acc in zip(accuracy.point.values, accuracy.values)]
-        fused_accuracy = ls.evaluate(out_model, [fused], test, metrics="accuracy", progress=False).accuracy
+        fused_accuracy = ls.evaluate(
+            out_model, [fused], test, metrics="accuracy", device=args.device, progress=False
+        ).accuracy
         rows.append((f"fused ({args.method}{', repair' if args.repair else ''})", float(fused_accuracy[0])))
         # The ensemble averages the parents' probabilities example by example.
         x, y = test
         probs = torch.zeros(len(y), int(model_output_logits(model(x[:1])).shape[-1]))
-        for out in run_points(model, states, x):
+        for out in run_points(model, states, x, device=args.device, function="landscape fuse"):
             probs[out.rows] += torch.softmax(out.logits[0].float(), -1).cpu()
         rows.append(("ensemble", float((probs.argmax(-1) == y).float().mean())))
         print(f"{'':32s} test accuracy (%)")

@@ -2,8 +2,9 @@
 
 Hidden units can be permuted (and, where the graph allows it, mixed by orthogonal or
 invertible maps) without changing what the network computes. :func:`symmetry_graph` traces
-a model with torch.fx and finds which parameter axes must share one transform; the result
-applies transforms to states and checks that they keep the function.
+a model (torch.fx, or torch.export for models fx cannot trace, such as Hugging Face
+transformers) and finds which parameter axes must share one transform; the result applies
+transforms to states and checks that they keep the function.
 
 Examples
 --------
@@ -13,15 +14,11 @@ Examples
 >>> _ = graph.check(model)
 """
 
-from landscape.symmetry.graph import (
-    AxisRef,
-    Group,
-    RepairSite,
-    SymmetryCheckError,
-    SymmetryGraph,
-    example_input_for,
-    symmetry_graph,
-)
+from landscape.symmetry._apply import apply_maps
+from landscape.symmetry._build import example_input_for, symmetry_graph
+from landscape.symmetry._graph import AxisRef, Group, RepairSite, SymmetryCheckError, SymmetryGraph
+from landscape.symmetry._patterns import Fold
+from landscape.symmetry._trace import UnsupportedOperationError
 from landscape.symmetry.layout import Atom, Fixed, Layout, Prod, Sum
 
 # Imported last: it builds on the names above.
@@ -36,8 +33,15 @@ from landscape.symmetry.surgery import (
     unfold_batchnorm,
     unit_rows,
 )
-from landscape.symmetry.trace import UnsupportedOperationError
-from landscape.symmetry.transforms import KINDS, LinearMap, Permutation, SoftMap, Transform, random_transform
+from landscape.symmetry.transforms import (
+    KINDS,
+    LinearMap,
+    PerHead,
+    Permutation,
+    SoftMap,
+    Transform,
+    random_transform,
+)
 
 __all__ = [
     "AFFINE_LAYERS",
@@ -45,10 +49,12 @@ __all__ = [
     "Atom",
     "AxisRef",
     "Fixed",
+    "Fold",
     "FoldedNorm",
     "Group",
     "Layout",
     "LinearMap",
+    "PerHead",
     "Permutation",
     "Prod",
     "RepairSite",
@@ -59,6 +65,7 @@ __all__ = [
     "Transform",
     "UnsupportedOperationError",
     "apply",
+    "apply_maps",
     "channel_statistics",
     "example_input_for",
     "fold_batchnorm",

@@ -31,6 +31,19 @@ class Classes:
         self.fix_reasons: dict[int, str] = {}  # why a root was fixed (first reason)
         self.kind_reasons: dict[int, str] = {}  # why a root's transforms were restricted
         self.notes: list[str] = []
+        # Relations resolved when the graph is finalised (they need the final roots):
+        # ``duals``: T(second) = T(first)^-T, the two sides of a dot product of activations;
+        # ``per_head``: the first layout's transforms may differ along the second's units
+        # (the head coordinates of attention, batched over the heads);
+        # ``centered``: transforms must fix the all-ones vector (a mean-centering LayerNorm);
+        # ``rotary``: transforms must commute with rotary position embeddings.
+        self.duals: list[tuple[Layout, Layout, str]] = []
+        self.per_head: list[tuple[Layout, Layout, str]] = []
+        self.centered: list[tuple[Layout, str]] = []
+        self.rotary: list[tuple[Layout, str]] = []
+        # Axes that activations inside a module carry though no traced node holds them (the
+        # queries, keys and values of nn.MultiheadAttention).
+        self.carried: list[Layout] = []
 
     # -- basic union-find ------------------------------------------------------------
     def new(self, size: int, label: str, kind: int = INVERTIBLE) -> Layout:

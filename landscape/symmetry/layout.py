@@ -23,7 +23,22 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["Atom", "Fixed", "Layout", "Prod", "Sum", "atoms", "describe", "is_fixed", "node_size", "occurrences"]
+__all__ = [
+    "Atom",
+    "Fixed",
+    "Layout",
+    "Prod",
+    "Sum",
+    "apply_axis",
+    "atoms",
+    "describe",
+    "is_fixed",
+    "node_size",
+    "normalize",
+    "occurrences",
+    "relabel",
+    "select",
+]
 
 
 @dataclass(frozen=True)
@@ -35,10 +50,16 @@ class Fixed:
 
 @dataclass(frozen=True)
 class Atom:
-    """Group ``group`` acts on all ``size`` indices."""
+    """Group ``group`` acts on all ``size`` indices.
+
+    ``dual`` marks the other side of a dot product between two activations (keys against
+    queries): there the group acts by the inverse transpose of its transform, so that the
+    product is unchanged.
+    """
 
     group: int | str
     size: int
+    dual: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,7 +187,7 @@ def describe(node: Layout) -> str:
     if isinstance(node, Fixed):
         return f"fixed({node.size})"
     if isinstance(node, Atom):
-        return f"{node.group}({node.size})"
+        return f"{node.group}{'^-T' if node.dual else ''}({node.size})"
     sep = " x " if isinstance(node, Prod) else " + "
     return "[" + sep.join(describe(c) for c in node.children) + "]"
 
@@ -175,32 +196,38 @@ def apply_axis(
     tensor: Tensor,
     dim: int,
     node: Layout,
-    act: Callable[[Tensor, int, object, Path], Tensor],
+    act: Callable[[Tensor, int, Atom, Path, Mapping[str, int]], Tensor],
     sizes: Mapping[object, int] | None = None,
     path: Path = (),
+    siblings: Mapping[str, int] | None = None,
 ) -> Tensor:
     """Transform axis ``dim`` of ``tensor`` laid out as ``node``.
 
-    ``act(t, d, group, path)`` transforms axis ``d`` of ``t`` for one atom; ``sizes`` gives the
-    current length of each group's part of the axis (groups may change length, as soft maps
-    between models of different widths do).
+    ``act(t, d, atom, path, siblings)`` transforms axis ``d`` of ``t`` for one atom;
+    ``siblings`` maps the groups of the other factors of the same product to the axes of
+    ``t`` that hold them (a per-head transform reads its head's index there). ``sizes`` gives
+    the current length of each group's part of the axis (groups may change length, as soft
+    maps between models of different widths do).
     """
     if isinstance(node, Fixed):
         return tensor
     if isinstance(node, Atom):
-        return act(tensor, dim, node.group, path)
+        return act(tensor, dim, node, path, siblings or {})
     shape = tuple(tensor.shape)
     if isinstance(node, Prod):
         factors = [node_size(c, sizes) for c in node.children]
         t = tensor.reshape(*shape[:dim], *factors, *shape[dim + 1 :])
+        inner = {str(c.group): dim + q for q, c in enumerate(node.children) if isinstance(c, Atom)}
         for q, c in enumerate(node.children):
-            t = apply_axis(t, dim + q, c, act, sizes, (*path, q))
+            t = apply_axis(t, dim + q, c, act, sizes, (*path, q), inner)
         k = len(node.children)
         return t.reshape(*t.shape[:dim], -1, *t.shape[dim + k :])
     import torch
 
     pieces = tensor.split([node_size(c, sizes) for c in node.children], dim=dim)
-    out = [apply_axis(p, dim, c, act, sizes, (*path, q)) for q, (p, c) in enumerate(zip(pieces, node.children))]
+    out = [
+        apply_axis(p, dim, c, act, sizes, (*path, q), siblings) for q, (p, c) in enumerate(zip(pieces, node.children))
+    ]
     return torch.cat(out, dim=dim)
 
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import landscape as ls
 from landscape.alignment import Alignment, align
-from landscape.alignment.activations import cross_correlations
-from landscape.alignment.engine import TensorTerm
+from landscape.alignment._activations import cross_correlations
+from landscape.alignment._terms import TensorTerm
 from landscape.core.errors import LandscapeError, StateMismatchError
 from landscape.symmetry import Permutation, SoftMap, symmetry_graph
 
@@ -62,8 +62,35 @@ def test_planted_permutations_of_other_zoo_models_are_recovered(name, kwargs) ->
     model = ls.models.create(name, seed=0, **kwargs)
     a = ls.state_of(model)
     moved, _ = planted(model, a, seed=1)
-    aligned = align(model, a, moved, method="weights", progress=False).apply(moved)
+    aligned = align(model, a, moved, method="weights", kinds="permutation", progress=False).apply(moved)
     assert all(torch.equal(aligned[k], a[k]) for k in a)
+    # the widest maps find them too (Procrustes and least squares land on the permutation up
+    # to float32 rounding of the products)
+    aligned = align(model, a, moved, method="weights", progress=False).apply(moved)
+    assert all(torch.allclose(aligned[k], a[k], atol=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("method", ["weights", "activations"])
+def test_planted_glmc_maps_of_a_transformer_are_recovered(method, device) -> None:
+    # Orthogonal maps of the residual stream (fixing the all-ones vector), a permutation of the
+    # heads, an invertible map per head for queries/keys and for values, permutations of the
+    # MLP units: the solvers of every kind find them back from the weights or the activations.
+    model = ls.models.create("vit", dim=8, depth=2, heads=2, seed=0)
+    a = ls.state_of(model)
+    graph = symmetry_graph(model)
+    moved = graph.apply(a, graph.random_transforms(seed=1, kind="max"))
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    result = align(model, a, moved, method=method, data=x, graph=graph, device=device, progress=False)
+    assert result.folded
+    aligned = result.apply(moved)
+    # float32 states and products: the recovered maps agree to ~1e-5 relative
+    assert all(torch.allclose(aligned[k], a[k], atol=1e-3, rtol=1e-3) for k in a)
+    assert result.distance_after < 1e-3 * result.distance_before
+    kinds = dict(zip(result.to_dataset().group.values, result.to_dataset().solved.values))
+    assert kinds["features.patch"] == "orthogonal" and kinds["features.blocks.0.attn.qk"] == "invertible"
+    # permutations alone cannot undo those maps
+    perm = align(model, a, moved, kinds="permutation", graph=graph, progress=False)
+    assert perm.distance_after > 100 * result.distance_after
 
 
 @settings(max_examples=10, deadline=None)
@@ -111,11 +138,9 @@ def test_similarity_matrix_equals_a_loop_over_weights() -> None:
     b = ls.state_of(ls.models.create("mlp", width=4, depth=2, input_shape=(3,), num_classes=2, seed=1))
     graph = symmetry_graph(model)
     p2 = Permutation([2, 0, 3, 1])
-    terms = [TensorTerm(k, a[k], b[k], graph.layouts[k], graph.variances[k]) for k in a]
+    terms = [TensorTerm(k, a[k], b[k], graph.layouts[k], graph.variances[k], dtype=torch.float64) for k in a]
     sizes = {"features.fc1": 4, "features.fc2": 4}
-    s = sum(
-        t.similarity("features.fc1", {"features.fc2": p2}, sizes, sizes)[0] for t in terms if "features.fc1" in t.groups
-    )
+    s = sum(t.stats("features.fc1", {"features.fc2": p2}, sizes, sizes).s for t in terms if "features.fc1" in t.groups)
     w1a, w1b, b1a, b1b = (
         a["features.fc1.weight"],
         b["features.fc1.weight"],
@@ -213,7 +238,7 @@ def test_bad_input_is_named() -> None:
     deeper = ls.models.create("mlp", width=4, depth=2, seed=0)
     with pytest.raises(StateMismatchError, match="same architecture"):
         align(model, model, deeper, progress=False)  # different architectures
-    with pytest.raises(StateMismatchError, match="model, reference"):
+    with pytest.raises(StateMismatchError, match="model, a"):
         align(model, deeper, deeper, progress=False)  # state does not fit the model
     with pytest.raises(LandscapeError, match=r"align\(data=.*method='activations'"):
         align(model, model, model, method="activations", progress=False)
@@ -238,3 +263,28 @@ def test_alignment_dataset_history_and_roundtrip(trained, tmp_path) -> None:
     # the same maps align another checkpoint of the same run (here: b itself loaded from disk)
     path = ls.save_state(b, tmp_path / "b.safetensors")
     assert all(torch.equal(result.apply(str(path))[k], result.apply(b)[k]) for k in b)
+
+
+def test_incremental_similarity_equals_a_full_recompute() -> None:
+    # When a few units of a neighbouring group move, only the columns that moved enter a
+    # product; the result is the similarity computed from scratch.
+    model = ls.models.create("mlp", width=12, depth=2, input_shape=(5,), num_classes=3, seed=0)
+    a = ls.state_of(model)
+    b = ls.state_of(ls.models.create("mlp", width=12, depth=2, input_shape=(5,), num_classes=3, seed=1))
+    graph = symmetry_graph(model)
+    term = TensorTerm(
+        "w",
+        a["features.fc2.weight"],
+        b["features.fc2.weight"],
+        graph.layouts["features.fc2.weight"],
+        graph.variances["features.fc2.weight"],
+    )
+    sizes = {"features.fc1": 12, "features.fc2": 12}
+    old = {"features.fc1": Permutation(torch.arange(12))}
+    swapped = torch.arange(12)
+    swapped[[2, 7]] = swapped[[7, 2]]
+    new = {"features.fc1": Permutation(swapped)}
+    before = term.stats("features.fc2", old, sizes, sizes)
+    updated = term.updated("features.fc2", before, old, new, sizes)
+    assert updated is not None
+    assert torch.allclose(updated.s, term.stats("features.fc2", new, sizes, sizes).s, atol=1e-10)

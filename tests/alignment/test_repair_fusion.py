@@ -37,9 +37,9 @@ def preactivation_stats(model, state, x, module_name):
     return h.mean(0), h.std(0, unbiased=False)
 
 
-def test_repair_gives_the_interpolated_network_the_mixed_statistics(pair, mnist1d_small) -> None:
+def test_repair_gives_the_interpolated_network_the_mixed_statistics(pair, mnist1d_small, device) -> None:
     model, a, b = pair
-    fix = repair(model, a, b, mnist1d_small)
+    fix = repair(model, a, b, mnist1d_small, device=device)
     assert [s.module for s in fix.sites] == ["features.fc1", "features.fc2", "classifier"]
     x = mnist1d_small.train[0]
     mid = ls.lerp(a, b, 0.5)
@@ -50,9 +50,10 @@ def test_repair_gives_the_interpolated_network_the_mixed_statistics(pair, mnist1
         mean, std = preactivation_stats(model, corrected, x, name)
         assert torch.allclose(mean, (mean_a + mean_b) / 2, atol=1e-4)
         assert torch.allclose(std, (std_a + std_b) / 2, atol=1e-4)
-    # the endpoints are left as they are
+    # the endpoints are left as they are; corrected states come back on the CPU
     same = fix(model, a, 0.0)
     assert all(torch.allclose(same[k], a[k], atol=1e-6) for k in a)
+    assert all(t.device.type == "cpu" for t in corrected.values())
     # without the output layer, only the hidden sites' weights and biases change
     hidden = repair(model, a, b, mnist1d_small, include_output=False)
     assert [s.module for s in hidden.sites] == ["features.fc1", "features.fc2"]
@@ -130,9 +131,10 @@ def test_fusing_into_fewer_units_merges_duplicates_without_changing_the_function
     assert torch.allclose(torch.func.functional_call(small, fused, (x,)), small(x), atol=1e-4)
 
 
-def test_fuse_with_repair_and_bad_input(pair, mnist1d_small) -> None:
+def test_fuse_with_repair_and_bad_input(pair, mnist1d_small, device) -> None:
     model, a, b = pair
-    fused = fuse(model, [a, b], data=mnist1d_small, repair=True, progress=False)
+    fused = fuse(model, [a, b], data=mnist1d_small, repair=True, device=device, progress=False)
+    assert all(t.device.type == "cpu" for t in fused.values())
     x = mnist1d_small.train[0]
     mean, std = preactivation_stats(model, fused, x, "features.fc1")
     mean_a, std_a = preactivation_stats(model, a, x, "features.fc1")
@@ -147,3 +149,35 @@ def test_fuse_with_repair_and_bad_input(pair, mnist1d_small) -> None:
         fuse(model, [a, b], method="weights", target_widths=8, progress=False)
     with pytest.raises(LandscapeError, match="data for repair"):
         fuse(model, [a, b], repair=True, progress=False)
+
+
+def test_fuse_then_finetune(pair, mnist1d_small) -> None:
+    model, a, b = pair
+    fused = fuse(model, [a, b], progress=False)
+    tuned = fuse(model, [a, b], data=mnist1d_small, finetune=1, finetune_lr=1e-3, progress=False)
+    # one epoch of training, started from the fused network, as ls.train would do it
+    expected = ls.train(
+        model, mnist1d_small, start=fused, epochs=1, optimizer="adamw", lr=1e-3, schedule="cosine", progress=False
+    ).state
+    assert all(torch.allclose(tuned[k], expected[k], atol=1e-6) for k in tuned)
+    with pytest.raises(LandscapeError, match="finetune"):
+        fuse(model, [a, b], finetune=1, progress=False)
+
+
+def test_transformer_fusion_heads_aware_and_into_narrower_mlps() -> None:
+    # Two copies of a ViT that differ by a permutation of its heads, stream and MLP units (and of
+    # the coordinates inside the heads) fuse back into the original, by transport and by matching.
+    model = ls.models.create("vit", dim=8, depth=1, heads=2, seed=0)
+    a = ls.state_of(model)
+    graph = symmetry_graph(model)
+    moved = graph.apply(a, graph.random_transforms(seed=2))
+    for method in ("ot", "weights"):
+        fused = fuse(model, [a, moved], method=method, graph=graph, progress=False)
+        assert all(torch.allclose(fused[k], a[k], atol=1e-5) for k in a), method
+    # into half the MLP width: the fused state runs in the narrower architecture
+    narrow = ls.models.create("vit", dim=8, depth=1, heads=2, mlp_ratio=1, seed=0)
+    other = ls.state_of(ls.models.create("vit", dim=8, depth=1, heads=2, seed=1))
+    fused = fuse(model, [a, other], method="ot", target_model=narrow, graph=graph, progress=False)
+    assert fused["features.blocks.0.fc1.weight"].shape == (8, 8)
+    out = torch.func.functional_call(narrow, dict(fused), (torch.randn(3, 1, 8, 8),))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()

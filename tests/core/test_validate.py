@@ -52,7 +52,7 @@ def test_nan_weights_are_named_in_align() -> None:
     b["features.fc1.weight"][0, :3] = float("nan")
     with pytest.raises(
         LandscapeError,
-        match=r"align\(other=...\): expected finite weights; found NaN or Inf in 'features.fc1.weight' \(3 of 320 values\)",
+        match=r"align\(b=...\): expected finite weights; found NaN or Inf in 'features.fc1.weight' \(3 of 320 values\)",
     ):
         ls.alignment.align(model, a, b, method="weights", progress=False)
     check_finite_state(a, function="align", argument="reference")

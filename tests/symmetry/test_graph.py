@@ -169,10 +169,16 @@ def test_orthogonal_and_invertible_maps_where_the_graph_allows_them() -> None:
     moved = graph.apply(ls.state_of(linear), {"0": m})
     x = torch.randn(4, 6)
     assert torch.allclose(torch.func.functional_call(linear, moved, (x,)), linear(x), atol=1e-5)
-    # attention: the per-head query/key/value coordinates allow orthogonal maps
+    # attention: heads permute, the per-head query/key and value coordinates allow invertible
+    # maps, the residual stream orthogonal maps that keep the all-ones vector (LayerNorm)
     vit = ls.models.create("vit", dim=8, depth=1, heads=2, seed=0)
-    kinds = {g.name: g.kind for g in symmetry_graph(vit).groups.values()}
-    assert kinds["features.blocks.0.attn.qkv#2"] == "orthogonal"
+    groups = symmetry_graph(vit).groups
+    kinds = {g.name: g.kind for g in groups.values()}
+    assert kinds["features.blocks.0.attn.heads"] == "permutation"
+    assert kinds["features.blocks.0.attn.qk"] == "invertible"
+    assert kinds["features.blocks.0.attn.vo"] == "invertible"
+    assert groups["features.blocks.0.attn.qk"].per == "features.blocks.0.attn.heads"
+    assert kinds["features.patch"] == "orthogonal" and groups["features.patch"].centered
     assert kinds["features.blocks.0.fc1"] == "permutation"
 
 
@@ -223,8 +229,8 @@ def test_concatenation_grouped_conv_chunk_and_functional_ops() -> None:
     # a grouped convolution: groups move as blocks, one permutation within every group
     assert isinstance(graph.layouts["grouped.weight"][0], Prod) and graph.layouts["grouped.weight"][0].size == 6
     # chunk: the query half (compared with itself) allows orthogonal maps, the value half any
-    kinds = [g.kind for g in graph.groups.values() if g.name.startswith("qkv")]
-    assert sorted(kinds) == ["invertible", "orthogonal"]
+    kinds = {g.name: g.kind for g in graph.groups.values()}
+    assert (kinds["qk"], kinds["vo"]) == ("orthogonal", "invertible")
     assert len(graph.groups) == 8
 
 

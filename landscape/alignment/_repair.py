@@ -10,8 +10,10 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from landscape.alignment.activations import inputs_from, statistics
-from landscape.alignment.alignment import build_graph, load
+from landscape.alignment._activations import inputs_from, statistics
+from landscape.alignment._align import build_graph
+from landscape.alignment._result import load
+from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.state import State, check_compatible
 from landscape.symmetry import RepairSite, SymmetryGraph
@@ -28,6 +30,7 @@ def correct_statistics(
     sites: Sequence[RepairSite] | None = None,
     batch_size: int = 1024,
     eps: float = 1e-5,
+    device: str | torch.device = "auto",
 ) -> State:
     """Rescale every site so that its units' mean and standard deviation on ``x`` equal
     ``targets[site.node]``.
@@ -35,10 +38,37 @@ def correct_statistics(
     Sites are corrected in the order the network computes them, each measured after the
     earlier ones are corrected, so the statistics hold exactly for the returned state. A unit
     whose standard deviation is below ``eps`` is only shifted.
+
+    Parameters
+    ----------
+    graph
+        The model's symmetry graph (its REPAIR sites and traced module).
+    state
+        The state to correct.
+    x
+        Inputs to measure the statistics on.
+    targets
+        ``{site node: (mean, std)}`` per unit.
+    sites
+        The sites to correct (default: all of the graph's).
+    batch_size
+        Examples per forward pass.
+    eps
+        Units with a smaller standard deviation are only shifted.
+    device
+        Where the forward passes run (``"auto"``: CUDA when present); the state comes back
+        on the CPU.
+
+    Returns
+    -------
+    State
     """
+    dev = resolve_device(device, function="correct_statistics")
     out = State({k: v.clone() if v.is_floating_point() else v for k, v in state.items()})
     for site in sites if sites is not None else graph.repair_sites:
-        (mean, std) = statistics(graph, out, x, [(site.node, site.axis)], batch_size=batch_size)[(site.node, site.axis)]
+        (mean, std) = statistics(graph, out, x, [(site.node, site.axis)], batch_size=batch_size, device=dev)[
+            (site.node, site.axis)
+        ]
         t_mean, t_std = targets[site.node]
         scale = torch.where(std > eps, t_std / std.clamp_min(eps), torch.ones_like(std))
         w, b = out[site.weight], out[site.bias]
@@ -78,6 +108,7 @@ class Repair:
         batch_size: int,
         eps: float,
         include_output: bool = True,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.model = model
         self.graph = graph
@@ -85,10 +116,11 @@ class Repair:
         self.x = x
         self.batch_size = batch_size
         self.eps = eps
+        self.device = torch.device(device)
         self.sites = [s for s in graph.repair_sites if include_output or not s.output]
         keys = [(s.node, s.axis) for s in self.sites]
-        stats_a = statistics(graph, a, x, keys, batch_size=batch_size)
-        stats_b = statistics(graph, b, x, keys, batch_size=batch_size)
+        stats_a = statistics(graph, a, x, keys, batch_size=batch_size, device=self.device)
+        stats_b = statistics(graph, b, x, keys, batch_size=batch_size, device=self.device)
         self.endpoint_statistics = {s.node: (stats_a[(s.node, s.axis)], stats_b[(s.node, s.axis)]) for s in self.sites}
 
     def targets(self, alpha: float) -> dict[str, tuple[Tensor, Tensor]]:
@@ -107,6 +139,7 @@ class Repair:
             sites=self.sites,
             batch_size=self.batch_size,
             eps=self.eps,
+            device=self.device,
         )
 
     def curve(self, data: object, *, alphas: int | Sequence[float] | np.ndarray = 25, **kwargs: object) -> xr.Dataset:
@@ -131,6 +164,7 @@ def repair(
     graph: SymmetryGraph | None = None,
     eps: float = 1e-5,
     include_output: bool = True,
+    device: str | torch.device = "auto",
 ) -> Repair:
     """REPAIR's correction of interpolated networks (Jordan et al. 2023), for ``interpolate``.
 
@@ -160,6 +194,9 @@ def repair(
         Units with a smaller standard deviation are only shifted.
     include_output
         Also correct the output layer's statistics (the logits).
+    device
+        Where the forward passes run (``"auto"``: CUDA when present); corrected states come
+        back on the CPU.
 
     Returns
     -------
@@ -200,4 +237,5 @@ def repair(
         )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise bad_argument("repair", "batch_size", expected="a positive integer", found=repr(batch_size))
-    return Repair(model, graph, sa, sb, x, batch_size=batch_size, eps=eps, include_output=include_output)
+    dev = resolve_device(device, function="repair")
+    return Repair(model, graph, sa, sb, x, batch_size=batch_size, eps=eps, include_output=include_output, device=dev)

@@ -9,15 +9,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from landscape.alignment.activations import inputs_from, statistics
-from landscape.alignment.alignment import METHODS, align, build_graph, load, run_alignment
-from landscape.alignment.repair import correct_statistics
+from landscape.alignment._activations import inputs_from, statistics
+from landscape.alignment._align import METHODS, align, build_graph, run_alignment
+from landscape.alignment._repair import correct_statistics
+from landscape.alignment._result import load
+from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.io import checkpoint_record
 from landscape.core.state import State, check_compatible
-from landscape.symmetry import SymmetryGraph, Transform
-from landscape.symmetry.graph import apply_maps
-from landscape.symmetry.layout import apply_axis
+from landscape.symmetry import SymmetryGraph, Transform, apply_maps
+from landscape.symmetry.layout import apply_axis, select
+from landscape.symmetry.transforms import apply_transform
 
 __all__ = ["fuse"]
 
@@ -37,7 +39,9 @@ class _Restriction(Transform):
     def target_size(self) -> int:
         return int(self.index.numel())
 
-    def apply(self, tensor: Tensor, dim: int, variance: str = "out") -> Tensor:
+    def apply(
+        self, tensor: Tensor, dim: int, variance: str = "out", siblings: Mapping[str, int] | None = None
+    ) -> Tensor:
         return tensor.index_select(dim, self.index.to(tensor.device))
 
 
@@ -93,6 +97,7 @@ def fuse(
     states: Sequence[Mapping[str, Tensor] | nn.Module | str],
     *,
     method: str = "ot",
+    kinds: str | None = None,
     anchor: int = 0,
     target_widths: Mapping[str, int] | int | float | None = None,
     target_model: nn.Module | None = None,
@@ -106,9 +111,20 @@ def fuse(
     seed: int = 0,
     n_examples: int | None = None,
     batch_size: int = 1024,
+    align_options: Mapping[str, object] | None = None,
+    finetune: int = 0,
+    finetune_lr: float = 1e-4,
+    device: str | torch.device = "auto",
     progress: bool = True,
 ) -> State:
     """Fuse ``N >= 2`` networks into one: align each to the anchor and average (OT fusion).
+
+    Transformers fuse like any other model (Imfeld et al. 2023): the symmetry graph aligns
+    the residual stream as one group through every block, permutes the attention heads as
+    units and the coordinates inside them, and the MLP units; with ``method="learned"`` and
+    ``kinds="max"`` the alignment also uses orthogonal maps of the stream and per-head maps
+    (Theus et al. 2025). ``finetune`` epochs of training on ``data`` follow, as in both
+    papers.
 
     Parameters
     ----------
@@ -119,8 +135,12 @@ def fuse(
     method
         How each parent is aligned to the anchor: ``"ot"`` (exact transport, Singh & Jaggi
         2020; a permutation between equal widths), ``"sinkhorn"``, ``"weights"`` or
-        ``"activations"`` (see :func:`align`); or ``"neuron_interpolation"`` and ``"zipit"``,
-        which fuse by other means (see :func:`neuron_interpolation` and :func:`zipit`).
+        ``"activations"`` or ``"learned"`` (see :func:`align`); or ``"neuron_interpolation"``
+        and ``"zipit"``, which fuse by other means (see :func:`neuron_interpolation` and
+        :func:`zipit`).
+    kinds
+        The widest maps the alignment may use (see :func:`align`; default ``"max"`` for
+        matching, ``"permutation"`` for transport).
     anchor
         Index of the parent the others are aligned to.
     target_widths
@@ -143,8 +163,14 @@ def fuse(
     iterations
         Rounds of the barycenter refinement for ``target_widths``; 0 returns the starting
         point (the anchor restricted to its most important units).
-    reg, on, graph, seed, n_examples, batch_size, progress
+    reg, on, graph, seed, n_examples, batch_size, device, progress
         As in :func:`align`.
+    align_options
+        Further options of :func:`align` (``max_iter``, and ``epochs``, ``lr``, ``alphas``
+        for ``"learned"``).
+    finetune, finetune_lr
+        Epochs of training the fused network on ``data`` (AdamW with a cosine schedule from
+        ``finetune_lr``); 0 (default) returns the fused network as it is.
 
     Returns
     -------
@@ -197,14 +223,24 @@ def fuse(
     graph = build_graph(model, graph, None, data, function="fuse")
     sizes = _target_sizes(graph, target_widths, target_model)
     narrower = sizes is not None and any(sizes[g] != grp.size for g, grp in graph.groups.items())
+    dev = resolve_device(device, function="fuse")
+    if not isinstance(finetune, int) or finetune < 0:
+        raise bad_argument("fuse", "finetune", expected="a non-negative number of epochs", found=repr(finetune))
+    if finetune and data is None:
+        raise bad_argument(
+            "fuse", "data", expected="training data for finetune", found=None, fix="Pass data=... or finetune=0."
+        )
     options = {
         "data": data,
+        "kinds": kinds,
         "reg": reg,
         "on": on,
         "seed": seed,
         "n_examples": n_examples,
         "batch_size": batch_size,
+        "device": dev,
         "progress": progress,
+        **dict(align_options or {}),
     }
     anchor_state = parents[anchor]
     if not narrower:
@@ -256,10 +292,11 @@ def fuse(
                     marginals="uniform",
                     data=data,
                     parameters=parameters,
-                    ref_graph=target_graph,
+                    a_graph=target_graph,
                     seed=seed,
                     n_examples=n_examples,
                     batch_size=batch_size,
+                    device=dev,
                 )
                 for s in parents
             ]
@@ -270,8 +307,23 @@ def fuse(
         maps_per_parent = [a.maps for a in alignments]
     if repair:
         fused = _repair_fused(
-            graph, target or model, model, parents, maps_per_parent, fused, w, data, n_examples, batch_size
+            graph, target or model, model, parents, maps_per_parent, fused, w, data, n_examples, batch_size, dev
         )
+    if finetune:
+        from landscape.training import train
+
+        fused = train(
+            target or model,
+            data,
+            start=fused,
+            epochs=finetune,
+            optimizer="adamw",
+            lr=finetune_lr,
+            schedule="cosine",
+            data_seed=seed,
+            device=dev,
+            progress=progress,
+        ).state
     fused.provenance = {
         "format": "fused",
         "source": f"landscape.alignment.fuse(method={method!r})",
@@ -292,8 +344,6 @@ def _initial_target(graph: SymmetryGraph, anchor: State, sizes: Mapping[str, int
             if ref.variance != "out":
                 continue
             t = anchor[ref.key].double()
-            from landscape.symmetry.layout import select
-
             rows = select(t, ref.axis, graph.layouts[ref.key][ref.axis], ref.path)
             norms += (rows * rows).sum(1)
         keep = torch.argsort(norms, descending=True)[: sizes[g]].sort().values
@@ -312,6 +362,7 @@ def _repair_fused(
     data: object,
     n_examples: int | None,
     batch_size: int,
+    device: torch.device,
 ) -> State:
     x = inputs_from(data, function="fuse", n_examples=n_examples)
     target_graph = graph if target is model else build_graph(target, None, graph.example_inputs, None, function="fuse")
@@ -321,15 +372,15 @@ def _repair_fused(
     keys = [(s.node, s.axis) for s in sites]
     targets: dict[str, list[Tensor]] = {}
     for parent, maps, weight in zip(parents, maps_per_parent, w):
-        stats = statistics(graph, parent, x, keys, batch_size=batch_size, function="fuse")
+        stats = statistics(graph, parent, x, keys, batch_size=batch_size, device=device, function="fuse")
         sizes = graph.sizes_of(parent, function="fuse")
         for s in sites:
             mean, std = stats[(s.node, s.axis)]
             layout = graph.activations[s.node][s.axis]
 
-            def act(t: Tensor, d: int, group: object, path: tuple, maps: Mapping = maps) -> Tensor:
-                m = maps.get(str(group))
-                return t if m is None else m.apply(t, d, "out")
+            def act(t: Tensor, d: int, atom: object, path: tuple, siblings: Mapping, maps: Mapping = maps) -> Tensor:
+                m = maps.get(str(atom.group))
+                return t if m is None else apply_transform(m, t, d, "in" if atom.dual else "out", siblings)
 
             mean = apply_axis(mean, 0, layout, act, sizes)
             std = apply_axis(std, 0, layout, act, sizes)
@@ -337,5 +388,11 @@ def _repair_fused(
             acc[0] = acc[0] + float(weight) * mean
             acc[1] = acc[1] + float(weight) * std
     return correct_statistics(
-        target_graph, fused, x, {k: (v[0], v[1]) for k, v in targets.items()}, sites=sites, batch_size=batch_size
+        target_graph,
+        fused,
+        x,
+        {k: (v[0], v[1]) for k, v in targets.items()},
+        sites=sites,
+        batch_size=batch_size,
+        device=device,
     )

@@ -459,12 +459,38 @@ def find_first_layer(model: nn.Module, family: AffineFamily, sample: Tensor | Ba
     return FirstLayer(name=name, module=module, keys=keys, tied=tied)
 
 
+# Flop shares by model structure and input shapes: counting runs a forward pass under a
+# FlopCounterMode (several ms), which a small evaluation called in a loop would pay every time.
+_FLOP_SHARES: dict[tuple[object, ...], float] = {}
+_FLOP_SHARES_MAX = 256
+
+
+def _structure_key(model: nn.Module, sample: Batch) -> tuple[object, ...]:
+    # repr holds every module's type and hyper-parameters (sizes, strides, padding); the
+    # parameter shapes and the inputs' shapes and dtypes fix the rest of the FLOP count.
+    shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+    inputs = tuple(
+        (tuple(t.shape), t.dtype) if isinstance(t, Tensor) else repr(t) for t in (*sample.args, *sample.kwargs.values())
+    )
+    return (type(model), repr(model), shapes, inputs, tuple(sample.kwargs))
+
+
 def first_layer_flop_share(model: nn.Module, family: AffineFamily, sample: Tensor | Batch) -> float:
     """The share of a forward pass's floating-point operations spent in the first
-    Linear/Conv layer (0 for an Embedding, a lookup), counted on ``sample``."""
+    Linear/Conv layer (0 for an Embedding, a lookup), counted on ``sample`` (cached by the
+    model's structure and the sample's shapes)."""
+    sample = _as_batch(sample)
+    key = _structure_key(model, sample)
+    if key not in _FLOP_SHARES:
+        if len(_FLOP_SHARES) >= _FLOP_SHARES_MAX:
+            _FLOP_SHARES.pop(next(iter(_FLOP_SHARES)))
+        _FLOP_SHARES[key] = _count_first_layer_share(model, family, sample)
+    return _FLOP_SHARES[key]
+
+
+def _count_first_layer_share(model: nn.Module, family: AffineFamily, sample: Batch) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    sample = _as_batch(sample)
     first: list[tuple[nn.Module, Tensor]] = []
 
     def hook(module: nn.Module, args: tuple, output: object) -> None:

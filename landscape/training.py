@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 
@@ -26,7 +25,7 @@ from landscape.core.data import as_splits, batch_slices
 from landscape.core.device import resolve_device
 from landscape.core.errors import bad_argument
 from landscape.core.io import provenance_attrs
-from landscape.core.metrics import model_output_logits
+from landscape.core.metrics import mean_loss, model_output_logits
 from landscape.core.progress import progress_bar
 from landscape.core.state import State, as_state, check_compatible, state_of
 from landscape.core.tied import canonical_state, expand_tied, tied_groups
@@ -335,16 +334,6 @@ def _resolve_config(config: TrainConfig | None, overrides: Mapping[str, object])
     return (config or TrainConfig()).replace(**overrides)
 
 
-def _mean_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy over examples (and positions, for sequence outputs), in one fused
-    kernel: :func:`landscape.core.metrics.loss` per example and then a mean costs an extra
-    kernel and graph node per step, which a small model notices."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    if flat.dtype in (torch.float16, torch.bfloat16):  # half precision loses too much in log-softmax
-        flat = flat.float()
-    return F.cross_entropy(flat, targets.reshape(-1))
-
-
 def train(
     model: nn.Module,
     data: object,
@@ -486,7 +475,7 @@ def train(
             params[k].mul_(m.to(device))
     masks = {k: m.to(device) for k, m in masks.items()}
     opt = _optimizer(optimizer, work.parameters(), lr, momentum, weight_decay)
-    loss_fn = loss or _mean_cross_entropy
+    loss_fn = loss or mean_loss
 
     dtype = next((p.dtype for p in work.parameters() if p.is_floating_point()), torch.float32)
     x_train = x_train.to(device=device, dtype=dtype) if x_train.is_floating_point() else x_train.to(device)

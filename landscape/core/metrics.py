@@ -29,6 +29,7 @@ __all__ = [
     "error",
     "lm_loss",
     "loss",
+    "mean_loss",
     "next_token_accuracy",
     "perplexity",
     "resolve_metrics",
@@ -37,15 +38,26 @@ __all__ = [
 Metric = Callable[[Tensor, Tensor], Tensor]
 
 
+def _flat_logits(logits: Tensor) -> Tensor:
+    """One row of class scores per position, in at least float32 (half precision loses too
+    much in log-softmax)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    return flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat
+
+
 def loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy per example (mean over positions for sequence outputs)."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    if flat.dtype in (torch.float16, torch.bfloat16):  # half precision loses too much in log-softmax
-        flat = flat.float()
-    per_position = F.cross_entropy(flat, targets.reshape(-1), reduction="none")
+    per_position = F.cross_entropy(_flat_logits(logits), targets.reshape(-1), reduction="none")
     if targets.dim() == 1:  # one position per example (a tiny model pays for every extra kernel)
         return per_position
     return per_position.reshape(targets.shape[0], -1).mean(dim=1)
+
+
+def mean_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over examples (and positions, for sequence outputs) in one fused
+    kernel: :func:`loss` per example and then a mean costs an extra kernel and graph node per
+    training step, which a small model notices."""
+    return F.cross_entropy(_flat_logits(logits), targets.reshape(-1))
 
 
 def accuracy(logits: Tensor, targets: Tensor) -> Tensor:

@@ -8,16 +8,19 @@ a file and never a stray temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import secrets
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from landscape.core.errors import StorageError, bad_argument
 
-__all__ = ["atomic_write", "file_sha256", "storage_error", "write_text"]
+__all__ = ["atomic_write", "file_sha256", "storage_error", "uninterrupted", "write_text"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -106,3 +109,30 @@ def file_sha256(path: str | os.PathLike, *, function: str = "file_sha256", argum
     except OSError as err:
         raise storage_error(function, argument, path, err, writing=False) from err
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the block ends, then deliver it as usual.
+
+    HDF5 objects that a ``KeyboardInterrupt`` cuts off half-way through their constructor
+    print an ``Exception ignored ... AttributeError`` traceback when they are collected
+    (h5netcdf's ``File``), and a half-encoded buffer is useless anyway; encoding and decoding
+    a result takes milliseconds, so the interrupt waits for it. Outside the main thread
+    (where Python delivers no signals) the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[tuple[int, object]] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    except ValueError:  # an embedded interpreter that forbids it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(*received[0])

@@ -30,7 +30,7 @@ from landscape.core.errors import (
     StorageError,
     bad_argument,
 )
-from landscape.core.files import atomic_write, file_sha256, storage_error, write_text
+from landscape.core.files import atomic_write, file_sha256, storage_error, uninterrupted, write_text
 from landscape.core.state import State, content_hash, record_hash
 
 __all__ = [
@@ -127,7 +127,8 @@ def save_result(result: xr.Dataset | xr.DataArray | Mapping[str, xr.Dataset], pa
     # disk fills under it (measured: a segfault on close after a failed write), plain writes
     # raise an OSError that becomes a named error.
     buffer = io.BytesIO()
-    writable.to_netcdf(buffer, engine="h5netcdf")
+    with uninterrupted():
+        writable.to_netcdf(buffer, engine="h5netcdf")
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()), function="save_result")
     return path
 
@@ -135,7 +136,7 @@ def save_result(result: xr.Dataset | xr.DataArray | Mapping[str, xr.Dataset], pa
 def _groups(path: Path) -> list[str]:
     import h5py
 
-    with h5py.File(path, "r") as f:
+    with uninterrupted(), h5py.File(path, "r") as f:
         return sorted(k for k, v in f.items() if isinstance(v, h5py.Group))
 
 
@@ -171,7 +172,7 @@ def load_result(path: str | os.PathLike, group: str | None = None) -> xr.Dataset
                 fix="Pick one of the groups listed.",
             )
     try:
-        with xr.open_dataset(path, engine="h5netcdf", group=group) as ds:
+        with uninterrupted(), xr.open_dataset(path, engine="h5netcdf", group=group) as ds:
             return ds.load()
     except OSError as err:
         raise bad_argument(

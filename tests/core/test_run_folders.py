@@ -381,6 +381,38 @@ def test_ctrl_c_outside_a_run_folder_says_nothing_was_written(monkeypatch, capsy
     )
 
 
+def test_ctrl_c_during_a_netcdf_write_or_read_waits_for_it(tmp_path, monkeypatch) -> None:
+    # Ctrl-C inside h5netcdf's File constructor left a half-built object whose collection
+    # printed a traceback after the one-line message (seen once in CI); the interrupt now
+    # arrives after the encode or decode, which run to the end.
+    finished = []
+    real_write, real_open = xr.Dataset.to_netcdf, xr.open_dataset
+
+    def write_after_ctrl_c(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        out = real_write(self, *args, **kwargs)
+        finished.append("write")
+        return out
+
+    def open_after_ctrl_c(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        finished.append("open")
+        return real_open(*args, **kwargs)
+
+    path = tmp_path / "r.nc"
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", write_after_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        ls.save_result(xr.Dataset({"v": ("x", [1.0, 2.0])}), path)
+    assert finished == ["write"] and not path.exists()  # the interrupt came before the file was placed
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", real_write)
+    ls.save_result(xr.Dataset({"v": ("x", [1.0, 2.0])}), path)
+    monkeypatch.setattr(xr, "open_dataset", open_after_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        ls.load_result(path)
+    assert finished == ["write", "open"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+
+
 def _with_handler(parser, command, handler):
     for action in parser._subparsers._group_actions:  # the subcommand table
         action.choices[command].set_defaults(handler=handler)

@@ -136,3 +136,5 @@ def uninterrupted() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if received and callable(previous):
             previous(*received[0])
+        elif received and previous == signal.SIG_DFL:  # the process ends, as it would have
+            signal.raise_signal(signal.SIGINT)

@@ -381,7 +381,16 @@ def test_ctrl_c_outside_a_run_folder_says_nothing_was_written(monkeypatch, capsy
     )
 
 
-def test_ctrl_c_during_a_netcdf_write_or_read_waits_for_it(tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in a terminal (a run started in the background
+    has SIGINT ignored, and gets no interrupt at all)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_netcdf_write_or_read_waits_for_it(tmp_path, monkeypatch, ctrl_c_raises) -> None:
     # Ctrl-C inside h5netcdf's File constructor left a half-built object whose collection
     # printed a traceback after the one-line message (seen once in CI); the interrupt now
     # arrives after the encode or decode, which run to the end.

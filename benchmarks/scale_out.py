@@ -26,6 +26,10 @@ on a machine shared with other work, wall time measures the share of the cores e
 as much as the way itself, while CPU time measures the work done. "1 thread CPU / busiest
 worker CPU" is the speed-up the cluster would reach on otherwise idle cores if it waited for
 nothing but its busiest worker: a projection, printed next to the measured wall times.
+
+Every way runs with glibc's allocator tuned (``ls.tune_cpu_allocator()``, here and in the
+workers, as the library's workers and command line do): the comparison is between ways of
+spreading the work, not between allocator settings (``benchmarks/allocator.py`` measures those).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     from distributed import Client, get_task_stream
+
+    tuned = ls.tune_cpu_allocator()
 
     data = ls.datasets.mnist1d() if args.model == "cnn1d" else ls.datasets.digits()
     model = ls.models.create(args.model, seed=0)
@@ -168,6 +174,7 @@ def main() -> None:
         f"{statistics.median(min(w.values()) for w in worker_cpu[1:]):.2f} s); 1 thread CPU / busiest worker CPU: "
         f"{single_cpu / busiest:.2f}x (the projection for idle cores)"
     )
+    print(f"glibc allocator tuned in this process (and the workers): {tuned}")
     print(f"load average (1 min) during the repeats: {min(loads):.1f} - {max(loads):.1f} on {os.cpu_count()} cores")
     print(f"cluster start (2 processes, torch imported and warmed up): {start_time:.1f} s; first call: {cold:.2f} s")
     print(

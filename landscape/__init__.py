@@ -25,6 +25,7 @@ _EXPORTS = {
     "load_result": "landscape.core.io",
     "Splits": "landscape.core.data",
     "set_num_threads": "landscape.core.device",
+    "tune_cpu_allocator": "landscape.core.allocator",
     "train": "landscape.training",
     "TrainConfig": "landscape.training",
 }
@@ -74,9 +75,11 @@ __all__ = [
     "state_of",
     "symmetry",
     "train",
+    "tune_cpu_allocator",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from landscape.core.allocator import tune_cpu_allocator
     from landscape.core.checkpoints import load_state, save_state
     from landscape.core.data import Splits
     from landscape.core.device import set_num_threads

@@ -194,11 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         command = f"landscape {args.command}"
+        from landscape.core.allocator import tune_cpu_allocator
         from landscape.core.device import set_num_threads
         from landscape.core.errors import LandscapeError
 
         try:
             set_num_threads(_threads(args.threads))
+            tune_cpu_allocator()  # our own process: CPU forward passes stop page-faulting
             if os.environ.get(TINY_VARIABLE) == "1":
                 changed = apply_tiny(args)
                 shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())

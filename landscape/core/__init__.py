@@ -60,6 +60,7 @@ _EXPORTS = {
     "stack": ("landscape.core.state", "stack"),
     "state_of": ("landscape.core.state", "state_of"),
     "sub": ("landscape.core.state", "sub"),
+    "tune_cpu_allocator": ("landscape.core.allocator", "tune_cpu_allocator"),
     "unflatten": ("landscape.core.state", "unflatten"),
     "unstack": ("landscape.core.state", "unstack"),
 }
@@ -127,6 +128,7 @@ __all__ = [
     "stack",
     "state_of",
     "sub",
+    "tune_cpu_allocator",
     "unflatten",
     "unstack",
 ]
@@ -135,6 +137,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from landscape.core._run import PRECISIONS, PointBatch, PointRun, recompute_bn, run_points
     from landscape.core._sources import Loader, TokenData
     from landscape.core._strategies import DEFAULT_BN_BATCH_SIZE, STRATEGIES
+    from landscape.core.allocator import tune_cpu_allocator
     from landscape.core.checkpoints import load_state, save_state
     from landscape.core.data import Splits, as_splits, batch_slices, batches, padded_batches
     from landscape.core.device import resolve_device, set_num_threads

@@ -66,6 +66,15 @@ def test_random_plane_on_the_cluster_equals_one_process(cluster, setup, device) 
     assert_same_result(got, want)
     assert got.attrs["workers"] == 2 and got.attrs["pieces_computed"] >= 2 and got.attrs["pieces_resumed"] == 0
     assert got.anchor_alpha.values.tolist() == want.anchor_alpha.values.tolist()
+    # the workers that ran the pieces tuned glibc's allocator (Dask's trim setting made every
+    # forward pass page-fault its activations in again); a non-glibc system leaves it alone
+    import platform
+
+    from landscape.core import allocator
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    ran = client.run(lambda dask_worker: (dask_worker.state.executed_count, allocator._tuned)).values()
+    assert any(count for count, _ in ran) and all(tuned == expected for count, tuned in ran if count)
     # a cluster object and a scheduler address work as well as a client
     by_address = ls.evaluate(model, [a, a], data, device=device, progress=False, client=running.scheduler_address)
     assert by_address.loss.dims == ("point", "split")

@@ -1,6 +1,6 @@
 """How accurate and how fast are the curvature estimates?
 
-    python benchmarks/curvature.py [--repeats 5] [--threads 2] [--skip-accuracy] [--skip-speed]
+    python benchmarks/curvature.py [--repeats 5] [--threads 2] [--skip-accuracy] [--skip-speed] [--plain-allocator]
 
 1. Accuracy: the top-5 Hessian eigenvalues of the zoo ResNet (``base_width=4``: 5,142
    parameters, BatchNorm in eval mode) trained for 20 epochs on sklearn's digits, on the
@@ -17,6 +17,9 @@
    when the eigenvalue changes by less than 1e-3 between iterations, which leaves it a few
    1e-3 below the eigenvalue; a third row runs it to a change of 1e-6 (matched accuracy).
    Errors are against ARPACK run to a residual bound of 1e-9.
+
+Both sides run in this one process with glibc's allocator tuned (``ls.tune_cpu_allocator()``,
+as the command line does) unless ``--plain-allocator`` is given.
 
 PyHessian is optional (``pip install pyhessian``): without it, part 2 is skipped with a
 message. Its ``density`` uses ``torch.eig``, which recent torch removed, so only its
@@ -172,8 +175,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument(
+        "--plain-allocator",
+        action="store_true",
+        help="leave glibc's malloc at its defaults (by default the process calls ls.tune_cpu_allocator(), "
+        "as the command line does; both sides of every comparison run in this one process)",
+    )
     args = parser.parse_args()
     ls.set_num_threads(args.threads)
+    if not args.plain_allocator:
+        ls.tune_cpu_allocator()
+    print(f"glibc allocator tuned: {not args.plain_allocator}")
     if not args.skip_accuracy:
         accuracy(args.threads)
     if not args.skip_speed:

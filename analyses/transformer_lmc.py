@@ -235,6 +235,12 @@ def main() -> None:
     parser.add_argument("--tasks", default="vit,gpt")
     parser.add_argument("--alphas", type=int, default=11)
     parser.add_argument("--fuse-epochs", type=int, default=1, help="fine-tuning epochs after fusion")
+    parser.add_argument(
+        "--learn-epochs",
+        type=int,
+        default=None,
+        help="epochs of the learned refinement (default: 20 for the ViT, 3 for the GPT)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train-only", action="store_true", help="train the models and stop")
     parser.add_argument("--quick", action="store_true", help="tiny settings to check the script runs")
@@ -243,6 +249,9 @@ def main() -> None:
     ls.set_num_threads(args.threads)
     tasks = args.tasks.split(",")
     settings = settings_for(quick)
+    if args.learn_epochs is not None:
+        for setting in settings.values():
+            setting["learn"]["epochs"] = args.learn_epochs
     pairs = 1 if quick else args.pairs
     alphas = 3 if quick else args.alphas
     out = Path(args.out)

@@ -16,7 +16,7 @@ import ctypes
 import ctypes.util
 import platform
 
-__all__ = ["allocator_environment", "tune_cpu_allocator"]
+__all__ = ["tune_cpu_allocator"]
 
 _M_TOP_PAD = -2  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -24,12 +24,6 @@ TOP_PAD = 64 * 2**20
 MMAP_THRESHOLD = 32 * 2**20  # glibc refuses more than HEAP_MAX_SIZE / 2 (32 MiB on 64-bit)
 
 _tuned = False
-
-
-def allocator_environment() -> dict[str, str]:
-    """The same settings as environment variables, for a process about to be started
-    (glibc reads them once, when the process starts)."""
-    return {"MALLOC_TOP_PAD_": str(TOP_PAD), "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 
 
 def tune_cpu_allocator() -> bool:

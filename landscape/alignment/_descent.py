@@ -213,7 +213,7 @@ def coordinate_descent(
             return PerHead(found, per), parts
         return solve_map(spec.kind, summed.s, summed.goo, summed.grr, centered=spec.centered, rotary=spec.rotary), parts
 
-    def solve_heads(h: str, maps: dict[str, Transform]) -> Permutation | None:
+    def solve_heads(h: str, maps: dict[str, Transform]) -> Permutation:
         """The heads' permutation that lets their coordinates match best."""
         kids = children[h]
         n = ref_sizes[h]
@@ -242,6 +242,16 @@ def coordinate_descent(
             scores += _sum(own).s
         return solve_assignment(scores)
 
+    def move_heads(h: str, maps: dict[str, Transform]) -> None:
+        """The heads' permutation, then each of their coordinate groups' maps under it."""
+        maps[h] = solve_heads(h, maps)
+        version[h] = next(stamp)
+        for c in children[h]:
+            got = solve(c, maps)
+            if got is not None:
+                maps[c] = got[0]
+                version[c] = next(stamp)
+
     def step(g: str, maps: dict[str, Transform], r: int) -> bool:
         """One coordinate step (a heads group moves with its heads' coordinates); kept only if
         the objective improves. Returns whether anything changed."""
@@ -251,16 +261,7 @@ def coordinate_descent(
         before = criterion(*total())
         parts_of: dict[str, dict] = {}
         if children.get(g):
-            found = solve_heads(g, maps)
-            if found is None:
-                return False
-            maps[g] = found
-            version[g] = next(stamp)
-            for c in children[g]:
-                got = solve(c, maps)
-                if got is not None:
-                    maps[c] = got[0]
-                    version[c] = next(stamp)
+            move_heads(g, maps)
         else:
             got = solve(g, maps)
             if got is None or _same(maps.get(g), got[0]):
@@ -320,14 +321,7 @@ def coordinate_descent(
         if g in heads_of and heads_of[g] not in done:
             continue  # solved with its heads
         if children.get(g) and equal:
-            found = solve_heads(g, maps)
-            maps[g] = found
-            version[g] = next(stamp)
-            for c in children[g]:
-                got = solve(c, maps)
-                if got is not None:
-                    maps[c] = got[0]
-                    version[c] = next(stamp)
+            move_heads(g, maps)
             done.update((g, *children[g]))
             result.steps.extend((0, m, float("nan"), True) for m in (g, *children[g]))
             continue

@@ -292,17 +292,20 @@ class TensorTerm:
         delta = r[:, moved] @ (o_new[:, moved] - o_old[:, moved]).T
         return Stats(previous.s + delta.double().cpu(), linear=previous.linear)
 
-    def _with(self, k: int, path: tuple[int, ...], groups: set[str]) -> bool:
+    def _parent(self, k: int, path: tuple[int, ...]) -> Layout:
+        """The layout node that holds the place at ``path`` of tensor ``k``."""
         node = self.layouts[k]
         for q in path[:-1]:
             node = node.children[q]
+        return node
+
+    def _with(self, k: int, path: tuple[int, ...], groups: set[str]) -> bool:
+        node = self._parent(k, path)
         return isinstance(node, Prod) and any(isinstance(c, Atom) and str(c.group) in groups for c in node.children)
 
     def _head_pair(self, k: int, path: tuple[int, ...], per: str) -> tuple[tuple[int, ...], int, int] | None:
         """Where the heads group sits next to the place at ``path`` (same product)."""
-        node = self.layouts[k]
-        for q in path[:-1]:
-            node = node.children[q]
+        node = self._parent(k, path)
         if not isinstance(node, Prod):
             return None
         for q, c in enumerate(node.children):
